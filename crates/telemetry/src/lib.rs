@@ -1,0 +1,104 @@
+//! Logging for Skiff's binaries, in Istio's line format (`TIME\tLEVEL\tmessage key=value`) so that
+//! people and tools used to `istio-init` / `istio-proxy` logs read Skiff's the same way.
+
+use std::fmt;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+/// Istio's layout: RFC 3339 time with microseconds, a tab, the lowercase level, a tab, the message
+/// and then the event's fields as `key=value`.
+pub struct IstioFormat;
+
+impl<S, N> FormatEvent<S, N> for IstioFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        SystemTime.format_time(&mut w)?;
+        let level = match *event.metadata().level() {
+            Level::ERROR => "error",
+            Level::WARN => "warn",
+            Level::INFO => "info",
+            Level::DEBUG => "debug",
+            Level::TRACE => "trace",
+        };
+        write!(w, "\t{level}\t")?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                write!(w, "{}", span.name())?;
+                if let Some(fields) = span
+                    .extensions()
+                    .get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                {
+                    if !fields.is_empty() {
+                        write!(w, "{{{fields}}}")?;
+                    }
+                }
+                w.write_str(": ")?;
+            }
+        }
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+/// Turns Istio's `--log_output_level` (`default:info,ads:debug`) into a tracing filter: the
+/// `default` scope sets the global level, other scopes become targets.
+pub fn filter_from_istio_levels(spec: &str) -> String {
+    let mut parts = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (scope, level) = item.split_once(':').unwrap_or(("default", item));
+        let level = match level {
+            "none" => "off",
+            "fatal" => "error",
+            l => l,
+        };
+        if scope == "default" {
+            parts.insert(0, level.to_string());
+        } else {
+            parts.push(format!("{scope}={level}"));
+        }
+    }
+    parts.join(",")
+}
+
+/// Installs the global subscriber writing to stderr. `RUST_LOG` wins over `level_spec`.
+pub fn init(level_spec: &str, json: bool) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(filter_from_istio_levels(level_spec)).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.event_format(IstioFormat).try_init()
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = result;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_from_istio_levels;
+
+    #[test]
+    fn istio_levels_map_to_filters() {
+        assert_eq!(filter_from_istio_levels("default:info"), "info");
+        assert_eq!(
+            filter_from_istio_levels("ads:debug,default:warn"),
+            "warn,ads=debug"
+        );
+        assert_eq!(filter_from_istio_levels("default:none"), "off");
+        assert_eq!(filter_from_istio_levels("debug"), "debug");
+    }
+}
