@@ -445,3 +445,51 @@ fn ipv6_pod_gets_the_same_logic_in_ip6tables() {
     assert_eq!(original_dst(&conn).unwrap(), target);
     c.join().unwrap().unwrap();
 }
+
+#[test]
+fn dns_to_the_resolver_is_captured_to_15053_but_not_the_proxys_own() {
+    use std::net::UdpSocket;
+    let net = Network::new("dns").unwrap();
+    let app = net.add_pod("app").unwrap();
+    let resolver = net.add_pod("resolver").unwrap();
+    let mut cfg = CaptureConfig::sidecar();
+    cfg.redirect_dns = true;
+    cfg.dns_servers_v4 = vec![resolver.ip];
+    apply_in(&app, &cfg).unwrap();
+    let agent = app.run(|| UdpSocket::bind("0.0.0.0:15053").unwrap());
+    agent.set_read_timeout(Some(T)).unwrap();
+    let real = resolver.run(|| UdpSocket::bind("0.0.0.0:53").unwrap());
+    real.set_read_timeout(Some(SHORT)).unwrap();
+    let server = SocketAddr::new(resolver.ip.into(), 53);
+
+    // The app's query goes to the agent's DNS proxy on 15053 (UDP and TCP).
+    app.run(move || {
+        UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .send_to(b"app-query", server)
+            .unwrap()
+    });
+    let mut buf = [0u8; 64];
+    let (n, _) = agent.recv_from(&mut buf).expect("UDP DNS was not captured");
+    assert_eq!(&buf[..n], b"app-query");
+    let l15053 = listen(&app, 15053);
+    let c = app.spawn_thread(None, move || TcpStream::connect_timeout(&server, T));
+    let (conn, _) = accept_within(&l15053, T).expect("TCP DNS was not captured");
+    assert_eq!(original_dst(&conn).unwrap(), server);
+    c.join().unwrap().unwrap();
+
+    // The proxy's own upstream query (uid 1337) reaches the real resolver.
+    app.run_as(PROXY_UID, PROXY_UID, move || {
+        UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .send_to(b"proxy-query", server)
+            .unwrap()
+    });
+    let (n, _) = real.recv_from(&mut buf).expect("proxy's DNS query was captured");
+    assert_eq!(&buf[..n], b"proxy-query");
+    let zones = app.exec("iptables-save", &["-t", "raw"]).unwrap();
+    assert!(
+        zones.contains("-j CT --zone 1") && zones.contains("-j CT --zone 2"),
+        "{zones}"
+    );
+}
