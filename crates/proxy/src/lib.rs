@@ -1,0 +1,13 @@
+//! Skiff's data plane. A connection flows the way the seeds draw it:
+//! capture → [`listener`] (original-destination hand-off, sniffing) → [`filter_chain`] →
+//! [`http`] ([`route`]) or [`tcp`] → [`cluster`] (load balancing, circuit breakers) → endpoint.
+//!
+//! Configuration arrives as Envoy v3 protos (bootstrap file or xDS) and is turned once into the
+//! validated [`model`] by [`convert`].
+
+pub mod access_log;
+pub mod convert;
+pub mod detect;
+pub mod filter_chain;
+pub mod model;
+pub mod route;

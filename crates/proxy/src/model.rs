@@ -1,0 +1,498 @@
+//! Skiff's own, validated configuration: what the data path reads. Built once from Envoy's v3
+//! protos by [`crate::convert`] (bootstrap file or xDS), so the hot path never looks at a proto,
+//! a `typed_config` or an unchecked string.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderName;
+use ipnet::IpNet;
+use regex::Regex;
+
+use crate::access_log::AccessLogSink;
+
+/// Which way a listener's traffic flows (Envoy's `traffic_direction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    Unspecified,
+    Inbound,
+    Outbound,
+}
+
+/// A listener: a bound socket (or, with `bind_to_port: false`, only a target for connections
+/// handed over by a `use_original_dst` listener) and the filter chains that serve it.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub bind_to_port: bool,
+    /// Hand connections to the listener that matches their original destination (15001/15006).
+    pub use_original_dst: bool,
+    /// Sniff TLS (SNI, ALPN) before choosing a filter chain.
+    pub tls_inspector: bool,
+    /// Sniff HTTP/1.x and h2c before choosing a filter chain.
+    pub http_inspector: bool,
+    /// How long listener filters may wait for the first bytes.
+    pub listener_filters_timeout: Duration,
+    /// On that timeout, carry on with what is known (true) or close (false).
+    pub continue_on_listener_filters_timeout: bool,
+    /// `IP_TRANSPARENT` on the socket (TPROXY inbound).
+    pub transparent: bool,
+    pub direction: Direction,
+    pub filter_chains: Vec<FilterChain>,
+    pub default_filter_chain: Option<FilterChain>,
+    /// Logs for connections that match no filter chain.
+    pub access_logs: Vec<AccessLogSink>,
+}
+
+impl Listener {
+    /// Whether choosing a chain needs anything sniffed from the first bytes.
+    pub fn needs_sniffing(&self) -> bool {
+        (self.tls_inspector || self.http_inspector)
+            && self.filter_chains.iter().any(|c| {
+                !c.matcher.server_names.is_empty()
+                    || c.matcher.transport_protocol.is_some()
+                    || !c.matcher.application_protocols.is_empty()
+            })
+    }
+}
+
+/// A filter chain: when it applies, and the network filter that serves the connection.
+#[derive(Debug)]
+pub struct FilterChain {
+    pub name: String,
+    pub matcher: ChainMatch,
+    pub filter: NetworkFilter,
+}
+
+/// `filter_chain_match`, checked in Envoy's order by [`crate::filter_chain::select`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChainMatch {
+    pub destination_port: Option<u16>,
+    pub prefix_ranges: Vec<IpNet>,
+    /// Lowercase; `*.example.com` wildcards allowed.
+    pub server_names: Vec<String>,
+    /// `raw_buffer` or `tls`.
+    pub transport_protocol: Option<String>,
+    pub application_protocols: Vec<String>,
+    pub direct_source_prefix_ranges: Vec<IpNet>,
+    pub source_type: SourceType,
+    pub source_prefix_ranges: Vec<IpNet>,
+    pub source_ports: Vec<u16>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SourceType {
+    #[default]
+    Any,
+    /// The peer is this host (same IP or loopback).
+    SameIpOrLoopback,
+    External,
+}
+
+/// The terminal network filter of a chain.
+#[derive(Clone, Debug)]
+pub enum NetworkFilter {
+    Http(Arc<HttpConnectionManager>),
+    Tcp(Arc<TcpProxy>),
+}
+
+/// How a TCP proxy or a route names its upstream cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterTarget {
+    Named(String),
+    Weighted(Vec<WeightedCluster>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightedCluster {
+    pub name: String,
+    pub weight: u32,
+}
+
+/// `envoy.filters.network.tcp_proxy`.
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub cluster: ClusterTarget,
+    /// Close both sides after this long without bytes either way (Envoy's default: 1 h).
+    pub idle_timeout: Option<Duration>,
+    pub access_logs: Vec<AccessLogSink>,
+}
+
+/// How the `server` response header is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ServerHeader {
+    #[default]
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+/// Downstream HTTP codec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Codec {
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// Where the HTTP connection manager's routes come from.
+#[derive(Clone, Debug)]
+pub enum RouteSource {
+    Inline(Arc<RouteConfig>),
+    /// Looked up by name in the current snapshot (RDS).
+    Rds(String),
+}
+
+/// `envoy.filters.network.http_connection_manager`.
+#[derive(Debug)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub routes: RouteSource,
+    pub codec: Codec,
+    pub server_name: String,
+    pub server_header: ServerHeader,
+    /// Trust the connection's peer as the client (edge proxies); appends it to XFF.
+    pub use_remote_address: bool,
+    pub skip_xff_append: bool,
+    pub xff_num_trusted_hops: u32,
+    pub via: Option<String>,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    /// Envoy's default is 5 minutes; `None` disables it.
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub max_request_headers_kb: u32,
+    pub access_logs: Vec<AccessLogSink>,
+}
+
+/// A fraction in millionths, Envoy's `FractionalPercent` normalised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Percent(pub u32);
+
+impl Percent {
+    pub const ALL: Percent = Percent(1_000_000);
+
+    /// Draws whether this percentage applies to one request.
+    pub fn sample(self) -> bool {
+        self.0 >= 1_000_000 || fastrand::u32(0..1_000_000) < self.0
+    }
+}
+
+/// A header added by a route, virtual host or route configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderAdd {
+    pub name: HeaderName,
+    /// Raw value; may contain `%...%` command operators, expanded per request.
+    pub value: String,
+    pub action: AppendAction,
+}
+
+/// Envoy's `HeaderValueOption.append_action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendAction {
+    AppendIfExistsOrAdd,
+    AddIfAbsent,
+    OverwriteIfExistsOrAdd,
+    OverwriteIfExists,
+}
+
+/// Header changes at one level (route config, virtual host, route, weighted cluster).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderMutations {
+    pub request_add: Vec<HeaderAdd>,
+    pub request_remove: Vec<HeaderName>,
+    pub response_add: Vec<HeaderAdd>,
+    pub response_remove: Vec<HeaderName>,
+}
+
+impl HeaderMutations {
+    pub fn is_empty(&self) -> bool {
+        self.request_add.is_empty()
+            && self.request_remove.is_empty()
+            && self.response_add.is_empty()
+            && self.response_remove.is_empty()
+    }
+}
+
+/// A route configuration (RDS resource or inline).
+#[derive(Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub headers: HeaderMutations,
+    pub most_specific_header_mutations_wins: bool,
+    pub ignore_port_in_host_matching: bool,
+    pub max_direct_response_body_size: usize,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    /// Lowercase domains, as configured (`*`, `*.suffix`, `prefix*`, exact, optionally `:port`).
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    pub headers: HeaderMutations,
+    pub include_request_attempt_count: bool,
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: Action,
+    pub headers: HeaderMutations,
+    /// `decorator.operation` (Istio puts `FQDN:PORT/*` here).
+    pub decorator: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+    /// Prefix that must end at a `/` boundary (`path_separated_prefix`).
+    Separated(String),
+    /// `connect_matcher`.
+    Connect,
+}
+
+#[derive(Debug)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    pub query_parameters: Vec<QueryMatcher>,
+    /// Only gRPC requests (`content-type: application/grpc*`).
+    pub grpc: bool,
+}
+
+/// Envoy's `StringMatcher`.
+#[derive(Debug)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub struct StringMatcher {
+    pub kind: StringMatch,
+    pub ignore_case: bool,
+}
+
+#[derive(Debug)]
+pub enum HeaderMatch {
+    String(StringMatcher),
+    Present(bool),
+    /// `[start, end)` on the header parsed as an integer.
+    Range(i64, i64),
+}
+
+#[derive(Debug)]
+pub struct HeaderMatcher {
+    /// A pseudo-header (`:authority`, `:path`, `:method`, `:scheme`) or a regular header name.
+    pub name: String,
+    pub kind: HeaderMatch,
+    pub invert: bool,
+    pub treat_missing_as_empty: bool,
+}
+
+#[derive(Debug)]
+pub struct QueryMatcher {
+    pub name: String,
+    /// `None`: present with any value.
+    pub value: Option<StringMatcher>,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Forward(RouteAction),
+    Redirect(Redirect),
+    Direct { status: u16, body: Option<Bytes> },
+}
+
+#[derive(Debug)]
+pub enum HostRewrite {
+    Literal(String),
+    /// Use the upstream host's address (`auto_host_rewrite`).
+    Auto,
+    Header(HeaderName),
+    PathRegex(Regex, String),
+}
+
+#[derive(Debug)]
+pub enum ClusterPick {
+    Named(String),
+    Header(HeaderName),
+    Weighted {
+        clusters: Vec<(WeightedCluster, HeaderMutations)>,
+        total: u32,
+    },
+}
+
+#[derive(Debug)]
+pub struct RouteAction {
+    pub cluster: ClusterPick,
+    pub cluster_not_found_code: u16,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub host_rewrite: Option<HostRewrite>,
+    /// `None`: no timeout (Envoy's `0s`); unset in the config means Envoy's 15 s.
+    pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// When and how often to retry (Envoy's `RetryPolicy`, the conditions Skiff implements).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub retry_on: RetryOn,
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retriable_status_codes: Vec<u16>,
+    pub base_interval: Duration,
+    pub max_interval: Duration,
+}
+
+/// `retry_on` conditions as flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub five_xx: bool,
+    pub gateway_error: bool,
+    pub reset: bool,
+    pub connect_failure: bool,
+    pub retriable_4xx: bool,
+    pub refused_stream: bool,
+    pub retriable_status_codes: bool,
+    pub grpc_cancelled: bool,
+    pub grpc_deadline_exceeded: bool,
+    pub grpc_resource_exhausted: bool,
+    pub grpc_unavailable: bool,
+    pub grpc_internal: bool,
+}
+
+#[derive(Debug)]
+pub enum RedirectPath {
+    Keep,
+    Path(String),
+    Prefix(String),
+    Regex(Regex, String),
+}
+
+#[derive(Debug)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: RedirectPath,
+    pub code: u16,
+    pub strip_query: bool,
+}
+
+/// How a cluster finds its hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Discovery {
+    Static,
+    /// Endpoints from xDS (or `load_assignment` until they arrive); the EDS service name.
+    Eds(String),
+    /// The connection's original destination is the host.
+    OriginalDst,
+    /// Hostnames resolved with DNS, every address a host.
+    StrictDns,
+    /// Hostname resolved with DNS, first address used.
+    LogicalDns,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    /// Power of `choice_count` random choices, fewest active requests (weighted when weights differ).
+    LeastRequest {
+        choice_count: u32,
+    },
+    Random,
+    /// The cluster picks (ORIGINAL_DST).
+    ClusterProvided,
+}
+
+/// Upstream HTTP protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// Same as downstream.
+    UseDownstream,
+}
+
+/// Circuit-breaker limits for one priority (Envoy's defaults: 1024, 1024, 1024, 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+/// An endpoint as configured (address or hostname for DNS clusters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub address: EndpointAddress,
+    pub weight: u32,
+    pub healthy: bool,
+    /// Locality/labels from metadata (Istio's `istio` filter metadata), for stats.
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    Socket(SocketAddr),
+    Dns(String, u16),
+}
+
+/// A cluster's configuration. Its hosts and counters live in [`crate::cluster::ClusterState`].
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub discovery: Discovery,
+    pub connect_timeout: Duration,
+    pub lb_policy: LbPolicy,
+    pub endpoints: Vec<EndpointConfig>,
+    pub limits: Limits,
+    pub protocol: UpstreamProtocol,
+    /// Source address for upstream connections (Istio's inbound clusters use 127.0.0.6).
+    pub bind_address: Option<IpAddr>,
+    pub max_requests_per_connection: Option<u32>,
+    /// Close idle upstream connections after this long (Envoy's default: 1 h).
+    pub idle_timeout: Option<Duration>,
+    pub dns_refresh: Duration,
+    /// `istio` service metadata (`services[0].host`), for `destination_service` labels.
+    pub service: Option<String>,
+}
+
+impl Cluster {
+    /// `BlackHoleCluster`-style clusters: static with no endpoints.
+    pub fn is_black_hole(&self) -> bool {
+        self.discovery == Discovery::Static && self.endpoints.is_empty()
+    }
+}

@@ -1,0 +1,401 @@
+//! Virtual host and route selection, as Envoy does it: exact domain, then the longest `*suffix`
+//! wildcard, then the longest `prefix*` wildcard, then `*`; within the virtual host, the first
+//! route whose path, headers and query parameters match. Pure data code.
+
+use http::HeaderMap;
+
+use crate::model::*;
+
+/// The parts of a request routing looks at.
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// `:path` including the query string.
+    pub path: &'a str,
+    pub authority: &'a str,
+    pub scheme: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+impl RequestHead<'_> {
+    /// A header's value as Envoy's matchers see it: pseudo-headers, or all values joined by `,`.
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        match name {
+            ":authority" | "host" => Some(Cow::Borrowed(self.authority)),
+            ":path" => Some(Cow::Borrowed(self.path)),
+            ":method" => Some(Cow::Borrowed(self.method)),
+            ":scheme" => Some(Cow::Borrowed(self.scheme)),
+            _ => {
+                let mut values = self.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+                let first = values.next()?;
+                match values.next() {
+                    None => Some(Cow::Borrowed(first)),
+                    Some(second) => {
+                        let mut joined = format!("{first},{second}");
+                        for v in values {
+                            joined.push(',');
+                            joined.push_str(v);
+                        }
+                        Some(Cow::Owned(joined))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lowercases and, if the route config says so, drops the port.
+fn host_for_matching(authority: &str, ignore_port: bool) -> String {
+    let mut host = authority.to_ascii_lowercase();
+    if ignore_port {
+        // Strip `:port` but not the colons of a bare IPv6 literal.
+        let strip_at = if host.starts_with('[') {
+            host.find("]:").map(|i| i + 1)
+        } else {
+            host.rfind(':').filter(|_| host.matches(':').count() == 1)
+        };
+        if let Some(i) = strip_at {
+            if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) {
+                host.truncate(i);
+            }
+        }
+    }
+    host
+}
+
+/// Picks the virtual host for `authority`.
+pub fn find_virtual_host<'r>(rc: &'r RouteConfig, authority: &str) -> Option<&'r VirtualHost> {
+    let host = host_for_matching(authority, rc.ignore_port_in_host_matching);
+    let mut default = None;
+    let mut best_suffix: Option<(usize, &VirtualHost)> = None;
+    let mut best_prefix: Option<(usize, &VirtualHost)> = None;
+    for vh in &rc.virtual_hosts {
+        for d in &vh.domains {
+            if d == "*" {
+                default.get_or_insert(vh);
+            } else if let Some(suffix) = d.strip_prefix('*') {
+                if host.len() > suffix.len()
+                    && host.ends_with(suffix)
+                    && best_suffix.is_none_or(|(l, _)| suffix.len() > l)
+                {
+                    best_suffix = Some((suffix.len(), vh));
+                }
+            } else if let Some(prefix) = d.strip_suffix('*') {
+                if host.len() > prefix.len()
+                    && host.starts_with(prefix)
+                    && best_prefix.is_none_or(|(l, _)| prefix.len() > l)
+                {
+                    best_prefix = Some((prefix.len(), vh));
+                }
+            } else if *d == host {
+                return Some(vh);
+            }
+        }
+    }
+    best_suffix
+        .map(|(_, v)| v)
+        .or(best_prefix.map(|(_, v)| v))
+        .or(default)
+}
+
+/// Picks the first matching route of `vh`.
+pub fn find_route<'v>(vh: &'v VirtualHost, req: &RequestHead<'_>) -> Option<&'v Route> {
+    vh.routes.iter().find(|r| route_matches(&r.matcher, req))
+}
+
+fn string_matches(m: &StringMatcher, value: &str) -> bool {
+    let owned;
+    let v = if m.ignore_case {
+        owned = value.to_lowercase();
+        owned.as_str()
+    } else {
+        value
+    };
+    match &m.kind {
+        StringMatch::Exact(s) => v == s,
+        StringMatch::Prefix(s) => v.starts_with(s.as_str()),
+        StringMatch::Suffix(s) => v.ends_with(s.as_str()),
+        StringMatch::Contains(s) => v.contains(s.as_str()),
+        StringMatch::Regex(r) => r.is_match(value),
+    }
+}
+
+fn header_matches(h: &HeaderMatcher, req: &RequestHead<'_>) -> bool {
+    let raw = req.header(&h.name);
+    if let HeaderMatch::Present(want) = h.kind {
+        return (raw.is_some() == want) != h.invert;
+    }
+    // A missing header never matches (inverted or not), unless it counts as empty.
+    let value = match raw {
+        Some(v) => v,
+        None if h.treat_missing_as_empty => std::borrow::Cow::Borrowed(""),
+        None => return false,
+    };
+    let matched = match &h.kind {
+        HeaderMatch::String(m) => string_matches(m, &value),
+        HeaderMatch::Range(lo, hi) => value.trim().parse::<i64>().is_ok_and(|n| n >= *lo && n < *hi),
+        HeaderMatch::Present(_) => true,
+    };
+    matched != h.invert
+}
+
+fn query_matches(q: &QueryMatcher, query: &str) -> bool {
+    query.split('&').filter(|p| !p.is_empty()).any(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        k == q.name && q.value.as_ref().is_none_or(|m| string_matches(m, v))
+    })
+}
+
+/// Whether a route's match accepts the request.
+pub fn route_matches(m: &RouteMatch, req: &RequestHead<'_>) -> bool {
+    let (path_only, query) = req.path.split_once('?').unwrap_or((req.path, ""));
+    let lowered;
+    let (full, path_only) = if m.case_sensitive {
+        (req.path, path_only)
+    } else {
+        lowered = req.path.to_lowercase();
+        let p = lowered.split_once('?').map(|(p, _)| p).unwrap_or(&lowered);
+        (lowered.as_str(), p)
+    };
+    let path_ok = match &m.path {
+        PathMatch::Prefix(p) => full.starts_with(p.as_str()),
+        PathMatch::Exact(p) => path_only == p,
+        PathMatch::Regex(r) => r.is_match(path_only),
+        PathMatch::Separated(p) => {
+            path_only == p
+                || (path_only.starts_with(p.as_str()) && path_only.as_bytes().get(p.len()) == Some(&b'/'))
+        }
+        PathMatch::Connect => req.method == "CONNECT",
+    };
+    if !path_ok {
+        return false;
+    }
+    if m.grpc
+        && !req
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/grpc"))
+    {
+        return false;
+    }
+    m.headers.iter().all(|h| header_matches(h, req))
+        && m.query_parameters.iter().all(|q| query_matches(q, query))
+}
+
+/// Picks one of weighted clusters (`total` is their sum).
+pub fn pick_weighted(
+    clusters: &[(WeightedCluster, HeaderMutations)],
+    total: u32,
+) -> Option<&(WeightedCluster, HeaderMutations)> {
+    if total == 0 {
+        return None;
+    }
+    let mut r = fastrand::u32(0..total);
+    for c in clusters {
+        if r < c.0.weight {
+            return Some(c);
+        }
+        r -= c.0.weight;
+    }
+    clusters.last()
+}
+
+/// Applies `prefix_rewrite` / `regex_rewrite` to a path, keeping the query string.
+pub fn rewrite_path(action: &RouteAction, matched: &PathMatch, path: &str) -> Option<String> {
+    let (p, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let new = if let Some(prefix) = &action.prefix_rewrite {
+        let keep = match matched {
+            PathMatch::Prefix(m) | PathMatch::Separated(m) => p.get(m.len()..).unwrap_or(""),
+            PathMatch::Exact(_) => "",
+            _ => p,
+        };
+        let mut s = prefix.clone();
+        s.push_str(keep);
+        // Envoy rewriting `/nginx` to `/` for `/nginx/x` gives `//x`; that is its documented
+        // behaviour, kept for fidelity.
+        s
+    } else if let Some((re, sub)) = &action.regex_rewrite {
+        re.replace_all(p, sub.as_str()).into_owned()
+    } else {
+        return None;
+    };
+    Some(match query {
+        Some(q) => format!("{new}?{q}"),
+        None => new,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn vh(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
+        VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|s| s.to_string()).collect(),
+            routes,
+            headers: HeaderMutations::default(),
+            include_request_attempt_count: false,
+            retry_policy: None,
+        }
+    }
+
+    fn rc(vhs: Vec<VirtualHost>, ignore_port: bool) -> RouteConfig {
+        RouteConfig {
+            name: "80".into(),
+            virtual_hosts: vhs,
+            headers: HeaderMutations::default(),
+            most_specific_header_mutations_wins: false,
+            ignore_port_in_host_matching: ignore_port,
+            max_direct_response_body_size: 4096,
+        }
+    }
+
+    fn direct(name: &str, path: PathMatch, headers: Vec<HeaderMatcher>) -> Route {
+        Route {
+            name: name.into(),
+            matcher: RouteMatch {
+                path,
+                case_sensitive: true,
+                headers,
+                query_parameters: vec![],
+                grpc: false,
+            },
+            action: Action::Direct {
+                status: 200,
+                body: None,
+            },
+            headers: HeaderMutations::default(),
+            decorator: None,
+        }
+    }
+
+    #[test]
+    fn domain_precedence_is_envoys() {
+        let config = rc(
+            vec![
+                vh("default", &["*"], vec![]),
+                vh("suffix", &["*.sidecar.svc.cluster.local"], vec![]),
+                vh("longer-suffix", &["*.nginx.sidecar.svc.cluster.local"], vec![]),
+                vh("prefix", &["nginx.*"], vec![]),
+                vh(
+                    "exact",
+                    &["nginx.sidecar.svc.cluster.local", "nginx", "198.19.0.10"],
+                    vec![],
+                ),
+            ],
+            true,
+        );
+        let pick = |h: &str| find_virtual_host(&config, h).map(|v| v.name.clone());
+        assert_eq!(pick("nginx").as_deref(), Some("exact"));
+        assert_eq!(
+            pick("NGINX:80").as_deref(),
+            Some("exact"),
+            "port ignored, case folded"
+        );
+        assert_eq!(pick("198.19.0.10:80").as_deref(), Some("exact"));
+        assert_eq!(
+            pick("a.nginx.sidecar.svc.cluster.local").as_deref(),
+            Some("longer-suffix")
+        );
+        assert_eq!(
+            pick("toolbox.sidecar.svc.cluster.local").as_deref(),
+            Some("suffix")
+        );
+        assert_eq!(pick("nginx.other").as_deref(), Some("prefix"));
+        assert_eq!(pick("example.com").as_deref(), Some("default"));
+        // Without ignore_port_in_host_matching, host:port only matches a domain with the port.
+        let strict = rc(
+            vec![
+                vh("exact", &["nginx"], vec![]),
+                vh("with-port", &["nginx:80"], vec![]),
+            ],
+            false,
+        );
+        assert_eq!(find_virtual_host(&strict, "nginx:80").unwrap().name, "with-port");
+        assert!(find_virtual_host(&strict, "nginx:8080").is_none());
+    }
+
+    #[test]
+    fn routes_match_in_order_with_headers_and_queries() {
+        let headers = HeaderMap::new();
+        let mut with_user = HeaderMap::new();
+        with_user.insert("user", "zhongmingmao".parse().unwrap());
+        let canary = vh(
+            "canary",
+            &["canary"],
+            vec![
+                direct(
+                    "v2",
+                    PathMatch::Prefix("/".into()),
+                    vec![HeaderMatcher {
+                        name: "user".into(),
+                        kind: HeaderMatch::String(StringMatcher {
+                            kind: StringMatch::Exact("zhongmingmao".into()),
+                            ignore_case: false,
+                        }),
+                        invert: false,
+                        treat_missing_as_empty: false,
+                    }],
+                ),
+                direct("v1", PathMatch::Prefix("/".into()), vec![]),
+            ],
+        );
+        let req = |h: &'static HeaderMap| RequestHead {
+            method: "GET",
+            path: "/",
+            authority: "canary",
+            scheme: "http",
+            headers: h,
+        };
+        let h1: &'static HeaderMap = Box::leak(Box::new(headers));
+        let h2: &'static HeaderMap = Box::leak(Box::new(with_user));
+        assert_eq!(find_route(&canary, &req(h2)).unwrap().name, "v2");
+        assert_eq!(find_route(&canary, &req(h1)).unwrap().name, "v1");
+
+        let r = RouteMatch {
+            path: PathMatch::Exact("/api".into()),
+            case_sensitive: false,
+            headers: vec![],
+            query_parameters: vec![QueryMatcher {
+                name: "debug".into(),
+                value: Some(StringMatcher {
+                    kind: StringMatch::Exact("1".into()),
+                    ignore_case: false,
+                }),
+            }],
+            grpc: false,
+        };
+        let mk = |path: &'static str| RequestHead {
+            method: "GET",
+            path,
+            authority: "x",
+            scheme: "http",
+            headers: h1,
+        };
+        assert!(route_matches(&r, &mk("/API?debug=1")));
+        assert!(!route_matches(&r, &mk("/api?debug=2")));
+        assert!(!route_matches(&r, &mk("/api/x?debug=1")));
+    }
+
+    #[test]
+    fn prefix_rewrite_keeps_the_rest_and_the_query() {
+        let action = RouteAction {
+            cluster: ClusterPick::Named("c".into()),
+            cluster_not_found_code: 503,
+            prefix_rewrite: Some("/".into()),
+            regex_rewrite: None,
+            host_rewrite: None,
+            timeout: Some(Duration::from_secs(15)),
+            idle_timeout: None,
+            retry_policy: None,
+        };
+        let m = PathMatch::Prefix("/nginx".into());
+        assert_eq!(rewrite_path(&action, &m, "/nginx").as_deref(), Some("/"));
+        assert_eq!(rewrite_path(&action, &m, "/nginx?x=1").as_deref(), Some("/?x=1"));
+        assert_eq!(rewrite_path(&action, &m, "/nginx/a").as_deref(), Some("//a"));
+    }
+}
