@@ -1,0 +1,53 @@
+//! Command line of `skiffctl`. Subcommands mirror istioctl's names so muscle memory carries over.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "skiffctl",
+    version,
+    about = "Skiff's command line: inject sidecars, generate the install"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Inject the sidecar into the workloads of Kubernetes manifests (as `istioctl kube-inject`).
+    #[command(name = "kube-inject")]
+    KubeInject(KubeInject),
+    /// Kubernetes install manifests.
+    #[command(subcommand)]
+    Manifest(Manifest),
+}
+
+#[derive(Args, Debug)]
+pub struct KubeInject {
+    /// Manifest file to read, `-` for standard input.
+    #[arg(short = 'f', long = "filename")]
+    pub filename: PathBuf,
+    /// Write the injected manifests here instead of standard output.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: inject::Settings,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Manifest {
+    /// Print the install: Namespace, CRDs, RBAC, skiffd Deployment and Service, injection webhooks.
+    Generate(Generate),
+}
+
+#[derive(Args, Debug)]
+pub struct Generate {
+    /// PEM file of the CA that signed skiffd's webhook certificate, embedded as the webhooks' caBundle.
+    #[arg(long = "ca-bundle")]
+    pub ca_bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: inject::Settings,
+}
