@@ -12,6 +12,8 @@ pub mod manifest;
 pub mod patch;
 pub mod pod;
 pub mod probe;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod settings;
 pub mod webhook;
 

@@ -1,0 +1,46 @@
+//! Command line of `skiffd`. Flags are grouped by server so xDS can add its own group.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "skiffd",
+    version,
+    about = "Skiff's control plane: the sidecar injection webhook (xDS next)"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogFlags,
+    #[command(flatten)]
+    pub webhook: WebhookFlags,
+    /// What injected pods get (image, revision, mesh defaults).
+    #[command(flatten)]
+    pub injection: inject::Settings,
+}
+
+#[derive(Args, Debug)]
+pub struct WebhookFlags {
+    /// Address of the HTTPS injection webhook (`POST /inject`).
+    #[arg(long = "webhook-addr", default_value = "0.0.0.0:15017")]
+    pub addr: SocketAddr,
+    /// PEM certificate chain the webhook serves; re-read when the file changes.
+    #[arg(long = "webhook-cert", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `--webhook-cert`.
+    #[arg(long = "webhook-key", id = "key", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+/// Istio's logging flags.
+#[derive(Args, Debug)]
+pub struct LogFlags {
+    /// Istio scope levels, e.g. `default:info,inject:debug`.
+    #[arg(long = "log_output_level", default_value = "default:info")]
+    pub output_level: String,
+    /// Log as JSON lines.
+    #[arg(long = "log_as_json")]
+    pub as_json: bool,
+}
