@@ -215,3 +215,14 @@ fn bad_input_exits_non_zero_naming_object_and_field() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).starts_with("Error: cannot read /nonexistent.yaml"));
 }
+
+#[test]
+fn deploy_install_yaml_is_manifest_generate() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/install.yaml");
+    let checked_in = std::fs::read_to_string(&path).unwrap();
+    let generated = stdout(&skiffctl(&["manifest", "generate"], None));
+    assert!(
+        checked_in == generated,
+        "deploy/install.yaml is stale: run `cargo run -q -p skiffctl -- manifest generate > deploy/install.yaml`"
+    );
+}
