@@ -132,6 +132,22 @@ mod tests {
     }
 
     #[test]
+    fn an_injected_pod_is_admitted_unchanged() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "x"}]}});
+        let out = review(&review_for(pod.clone(), API_VERSIONS[0]), &Settings::default()).unwrap();
+        let ops: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(out["response"]["patch"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let mut injected = pod;
+        crate::patch::apply(&mut injected, ops.as_array().unwrap()).unwrap();
+        let again = review(&review_for(injected, API_VERSIONS[0]), &Settings::default()).unwrap();
+        assert_eq!(again["response"], json!({"allowed": true, "uid": "u-1"}));
+    }
+
+    #[test]
     fn bad_input_is_denied_with_the_field() {
         let pod = json!({"metadata": {"generateName": "web-", "annotations": {
             "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/40"}},
