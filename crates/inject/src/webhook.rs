@@ -65,6 +65,12 @@ fn deny(message: String) -> Value {
 }
 
 fn respond(request: &Value, settings: &Settings) -> Value {
+    respond_with(request, settings, inject)
+}
+
+type Injector = fn(&Value, &Target, &Settings) -> Result<Outcome, crate::Error>;
+
+fn respond_with(request: &Value, settings: &Settings, inject: Injector) -> Value {
     let namespace = request["namespace"].as_str().unwrap_or_default();
     let Some(pod) = request.get("object").filter(|o| o.is_object()) else {
         return deny("AdmissionReview request has no object (expected the Pod being created)".into());
@@ -158,6 +164,19 @@ mod tests {
         let msg = r["status"]["message"].as_str().unwrap();
         assert!(msg.contains("Pod ns/web-*"), "{msg}");
         assert!(msg.contains("excludeOutboundIPRanges"), "{msg}");
+    }
+
+    #[test]
+    fn internal_errors_admit_the_pod_with_a_warning() {
+        let request = json!({"namespace": "ns", "object": {"metadata": {"name": "p"}, "spec": {}}});
+        let response = respond_with(&request, &Settings::default(), |_, _, _| panic!("bug"));
+        assert_eq!(response["allowed"], true);
+        let warning = response["warnings"][0].as_str().unwrap();
+        assert!(
+            warning.starts_with("Skiff could not inject a sidecar into Pod ns/p (internal error"),
+            "{warning}"
+        );
+        assert!(response.get("patch").is_none());
     }
 
     #[test]
