@@ -23,7 +23,9 @@ pub enum Command {
         visible_alias = "istio-iptables",
         args_override_self = true
     )]
-    Iptables(capture::IptablesFlags),
+    Iptables(Box<capture::IptablesFlags>),
+    /// Run the proxy from an Envoy bootstrap file.
+    Proxy(proxy::cli::ProxyArgs),
 }
 
 /// Istio's logging flags, accepted by every subcommand (the injector passes them).

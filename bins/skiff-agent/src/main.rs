@@ -11,5 +11,6 @@ fn main() -> ExitCode {
     telemetry::init(&cli.log.output_level, cli.log.as_json);
     match cli.command {
         cli::Command::Iptables(flags) => ExitCode::from(capture::cmd::run(&flags)),
+        cli::Command::Proxy(args) => ExitCode::from(proxy::cli::run(&args)),
     }
 }

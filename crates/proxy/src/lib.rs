@@ -6,8 +6,20 @@
 //! validated [`model`] by [`convert`].
 
 pub mod access_log;
+pub mod admin;
+pub mod bootstrap;
+pub mod cli;
+pub mod cluster;
 pub mod convert;
 pub mod detect;
 pub mod filter_chain;
+pub mod http;
+pub mod listener;
 pub mod model;
 pub mod route;
+pub mod server;
+pub mod snapshot;
+pub mod stats;
+pub mod tcp;
+pub mod upstream;
+pub mod worker;

@@ -68,25 +68,57 @@ pub fn filter_from_istio_levels(spec: &str) -> String {
     parts.join(",")
 }
 
+type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static RELOAD: std::sync::OnceLock<(Reload, std::sync::Mutex<String>)> = std::sync::OnceLock::new();
+
 /// Installs the global subscriber writing to stderr. `RUST_LOG` wins over `level_spec`.
 pub fn init(level_spec: &str, json: bool) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(filter_from_istio_levels(level_spec)).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| filter_from_istio_levels(level_spec));
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for people: pod logs and test captures get plain `key=value`.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let base = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Colours only for people: pod logs and test captures get plain `key=value`.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let result = if json {
-        builder.json().try_init()
+    // The reload handle's type depends on the formatter, hence two arms.
+    let installed: Option<Reload> = if json {
+        let builder = base.json().with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder
+            .try_init()
+            .ok()
+            .map(|()| Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as Reload)
     } else {
-        builder.event_format(IstioFormat).try_init()
+        let builder = base.event_format(IstioFormat).with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder
+            .try_init()
+            .ok()
+            .map(|()| Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as Reload)
     };
     // A second init (tests) keeps the first subscriber.
-    let _ = result;
+    if let Some(reload) = installed {
+        let _ = RELOAD.set((reload, std::sync::Mutex::new(spec)));
+    }
+}
+
+/// Changes levels at run time (admin `/logging`), e.g. `debug` or `info,proxy::http=debug`.
+pub fn set_levels(spec: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(spec).map_err(|e| format!("invalid level {spec:?}: {e}"))?;
+    let (reload, current) = RELOAD.get().ok_or("logging is not initialised")?;
+    reload(filter)?;
+    *current.lock().unwrap_or_else(|p| p.into_inner()) = spec.to_owned();
+    Ok(())
+}
+
+/// The level filter in force.
+pub fn current_levels() -> String {
+    RELOAD
+        .get()
+        .map(|(_, c)| c.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .unwrap_or_else(|| "info".into())
 }
 
 #[cfg(test)]
