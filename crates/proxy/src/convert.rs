@@ -718,7 +718,9 @@ fn http_connection_manager(
         Some(R::Rds(rds)) => RouteSource::Rds(rds.route_config_name.clone()),
         Some(R::RouteConfig(rc)) => {
             let mut inner = Ctx::new("route_config", &rc.name, ctx.warnings);
-            RouteSource::Inline(Arc::new(route_config_with(&mut inner, rc)?))
+            let mut config = route_config_with(&mut inner, rc)?;
+            config.validate_clusters = bool_value(rc.validate_clusters.as_ref(), true);
+            RouteSource::Inline(Arc::new(config))
         }
         Some(R::ScopedRoutes(_)) => return Err(ctx.err(format!("{field}.scoped_routes"), "not supported")),
         None => return Err(ctx.err(field, "rds or route_config is required")),
@@ -809,6 +811,21 @@ fn http_connection_manager(
             None,
         )?,
         max_request_headers_kb: u32_value(c.max_request_headers_kb.as_ref()).unwrap_or(60),
+        internal_addresses: match &c.internal_address_config {
+            Some(i) => i
+                .cidr_ranges
+                .iter()
+                .enumerate()
+                .map(|(n, r)| {
+                    cidr(
+                        ctx,
+                        &format!("{field}.internal_address_config.cidr_ranges[{n}]"),
+                        r,
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        },
         access_logs: access_logs(ctx, &format!("{field}.access_log"), &c.access_log)?,
     })
 }
@@ -857,6 +874,7 @@ fn route_config_with(ctx: &mut Ctx<'_>, rc: &route::RouteConfiguration) -> Resul
         ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
         max_direct_response_body_size: u32_value(rc.max_direct_response_body_size_bytes.as_ref())
             .unwrap_or(4096) as usize,
+        validate_clusters: bool_value(rc.validate_clusters.as_ref(), false),
     })
 }
 

@@ -40,6 +40,58 @@ static X_ENVOY_DECORATOR_OPERATION: HeaderName = HeaderName::from_static("x-envo
 static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
 static X_ENVOY_MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries");
 static VIA: HeaderName = HeaderName::from_static("via");
+static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+
+/// Control headers Envoy accepts only from internal clients and strips from the rest.
+const INTERNAL_ONLY: [&str; 14] = [
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-internal",
+    "x-envoy-ip-tags",
+    "x-envoy-max-retries",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-retriable-status-codes",
+];
+
+/// Whether the request comes from an internal (trusted) client: the last `x-forwarded-for`
+/// hop, or the peer itself, inside `internal_address_config`.
+fn is_internal(hcm: &HttpConnectionManager, headers: &HeaderMap, peer: std::net::IpAddr) -> bool {
+    if hcm.internal_addresses.is_empty() {
+        return false;
+    }
+    // Envoy: after appending the peer (edge proxies), XFF must hold exactly one address, and
+    // that address must be internal.
+    let xff: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let candidate = if hcm.use_remote_address {
+        xff.is_empty().then_some(peer)
+    } else if xff.len() == 1 {
+        xff[0].parse().ok()
+    } else {
+        None
+    };
+    let candidate = candidate.map(|ip| match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(std::net::IpAddr::V6(v6)),
+        v4 => v4,
+    });
+    candidate.is_some_and(|ip| hcm.internal_addresses.iter().any(|n| n.contains(&ip)))
+}
 
 /// Per-connection context shared by its requests.
 pub struct ConnCtx {
@@ -385,12 +437,13 @@ struct LocalReply {
     status: StatusCode,
     body: Option<Bytes>,
     flags: ResponseFlags,
-    details: &'static str,
+    details: std::borrow::Cow<'static, str>,
     headers: HeaderMap,
 }
 
 impl LocalReply {
     fn new(status: u16, body: &str, flags: ResponseFlags, details: &'static str) -> LocalReply {
+        let details = std::borrow::Cow::Borrowed(details);
         LocalReply {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             body: (!body.is_empty()).then(|| Bytes::copy_from_slice(body.as_bytes())),
@@ -428,6 +481,29 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
     let method = parts.method.clone();
+
+    // Untrusted clients cannot steer retries and timeouts.
+    let internal = is_internal(&hcm, &parts.headers, ctx.meta.peer.ip());
+    let (mut header_timeout, mut header_retries) = (None, None);
+    if internal {
+        header_timeout = parts
+            .headers
+            .get(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        header_retries = parts
+            .headers
+            .get(&X_ENVOY_MAX_RETRIES)
+            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+    }
+    for h in INTERNAL_ONLY {
+        parts.headers.remove(h);
+    }
+    if internal {
+        parts.headers.insert(
+            HeaderName::from_static("x-envoy-internal"),
+            HeaderValue::from_static("true"),
+        );
+    }
 
     // Request-id, forwarding headers and the rest of what the connection manager adds.
     let external = hcm.use_remote_address;
@@ -518,7 +594,7 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         }
         Action::Redirect(r) => {
             rec.request = Some(view(&parts.headers, &path, &authority));
-            let mut reply = LocalReply::new(r.code, "", ResponseFlags::empty(), "redirect");
+            let mut reply = LocalReply::new(r.code, "", ResponseFlags::empty(), "direct_response");
             if let Ok(v) = HeaderValue::from_str(&redirect_location(r, &authority, &path, route)) {
                 reply.headers.insert(LOCATION, v);
             }
@@ -553,12 +629,20 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
     let cluster = cluster_name.as_deref().and_then(|n| snap.cluster(n).cloned());
     rec.upstream_cluster = cluster_name.as_deref().map(Arc::from);
     let Some(cluster) = cluster else {
+        rec.upstream_cluster = None;
         rec.request = Some(view(&parts.headers, &path, &authority));
-        let reply = LocalReply::new(
+        let mut reply = LocalReply::new(
             action.cluster_not_found_code,
             "",
             ResponseFlags::NC,
             "cluster_not_found",
+        );
+        mutate(
+            &mut reply.headers,
+            &[&rc.headers, &vh.headers, &route.headers],
+            rc.most_specific_header_mutations_wins,
+            true,
+            &ctx,
         );
         return local_reply(&ctx, rec, started, request_bytes, reply, body, None);
     };
@@ -585,30 +669,20 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         }
         Some(HostRewrite::Auto) | None => {}
     }
+    if upstream_authority != authority {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
+        }
+    }
 
     // Timeouts and retries, with the client overrides Envoy honours from trusted clients.
     let mut timeout = action.timeout;
-    if let Some(ms) = parts
-        .headers
-        .remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS)
-        .and_then(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()))
-    {
+    if let Some(ms) = header_timeout {
         timeout = (ms > 0).then(|| Duration::from_millis(ms));
     }
     let mut retry = action.retry_policy.clone().or_else(|| vh.retry_policy.clone());
-    if let Some(n) = parts
-        .headers
-        .remove(&X_ENVOY_MAX_RETRIES)
-        .and_then(|v| v.to_str().ok().and_then(|s| s.parse::<u32>().ok()))
-    {
-        if let Some(p) = retry.as_mut() {
-            p.num_retries = n;
-        }
-    }
-    if let Some(t) = timeout {
-        if let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string()) {
-            parts.headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), v);
-        }
+    if let (Some(n), Some(p)) = (header_retries, retry.as_mut()) {
+        p.num_retries = n;
     }
 
     let mut levels: Vec<&HeaderMutations> = vec![&rc.headers, &vh.headers, &route.headers];
@@ -630,15 +704,26 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         }
     }
     strip_hop_by_hop(&mut parts.headers);
-    rec.request = Some(view(&parts.headers, &path, &authority));
+    // The access log sees the request as it went upstream (rewritten path and host).
+    rec.request = Some(view(&parts.headers, &upstream_path, &upstream_authority));
 
+    let routed_reply = |mut reply: LocalReply| {
+        mutate(
+            &mut reply.headers,
+            &levels,
+            rc.most_specific_header_mutations_wins,
+            true,
+            &ctx,
+        );
+        reply
+    };
     let Some(request_slot) = cluster.try_acquire(SlotKind::Request) else {
-        let reply = LocalReply::new(
+        let reply = routed_reply(LocalReply::new(
             503,
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",
             ResponseFlags::UO,
             "upstream_reset_before_response_started{overflow}",
-        );
+        ));
         return local_reply(&ctx, rec, started, request_bytes, reply, body, Some(cluster));
     };
     cluster.stats.upstream_rq_total.fetch_add(1, Relaxed);
@@ -678,12 +763,12 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         }
         let Some(host) = host else {
             cluster.stats.upstream_cx_none_healthy.fetch_add(1, Relaxed);
-            let reply = LocalReply::new(
+            let reply = routed_reply(LocalReply::new(
                 503,
                 "no healthy upstream",
                 ResponseFlags::UH,
                 "no_healthy_upstream",
-            );
+            ));
             let b = body.take().map(|b| b.inner);
             return local_reply_with(
                 &ctx,
@@ -709,6 +794,27 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
             empty_body()
         };
         let mut headers = parts.headers.clone();
+        let per_try = retry.as_ref().and_then(|p| p.per_try_timeout);
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let limit = match (remaining, per_try) {
+            (Some(r), Some(p)) => Some(r.min(p)),
+            (r, p) => r.or(p),
+        };
+        // The first attempt advertises the route timeout; retries advertise what is left.
+        let advertised = if attempt == 1 {
+            match (timeout, per_try) {
+                (Some(t), Some(p)) => Some(t.min(p)),
+                (t, p) => t.or(p),
+            }
+        } else {
+            limit
+        };
+        if let Some(l) = advertised {
+            headers.insert(
+                X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                HeaderValue::from(l.as_millis() as u64),
+            );
+        }
         if vh.include_request_attempt_count {
             headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         }
@@ -723,12 +829,6 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
             upstream_body,
         );
         let sent_at = Instant::now();
-        let per_try = retry.as_ref().and_then(|p| p.per_try_timeout);
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let limit = match (remaining, per_try) {
-            (Some(r), Some(p)) => Some(r.min(p)),
-            (r, p) => r.or(p),
-        };
         let send = ctx.worker.pools.send(&cluster, &host, http2, req);
         let outcome = match limit {
             Some(l) => tokio::time::timeout(l, send).await.ok(),
@@ -742,56 +842,52 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
                 host.stats.rq_timeout.fetch_add(1, Relaxed);
                 Err((
                     ResponseFlags::UT,
-                    LocalReply::new(
+                    routed_reply(LocalReply::new(
                         504,
                         "upstream request timeout",
                         ResponseFlags::UT,
-                        "upstream_response_timeout",
-                    ),
+                        "response_timeout",
+                    )),
                 ))
             }
             Some(Ok((resp, _))) => Ok(resp),
             Some(Err(e)) => {
-                rec.upstream_transport_failure_reason = match &e {
-                    UpstreamError::ConnectFailure(r) => Some(r.clone()),
-                    UpstreamError::ConnectTimeout => Some("connection timeout".into()),
+                // Envoy words these with underscores in details and logs.
+                let transport = match &e {
+                    UpstreamError::ConnectFailure(r) => Some(r.replace(' ', "_")),
+                    UpstreamError::ConnectTimeout => Some("connection_timeout".to_string()),
                     _ => None,
                 };
-                let (flag, details) = match &e {
-                    UpstreamError::Overflow => (
-                        ResponseFlags::UO,
-                        "upstream_reset_before_response_started{overflow}",
-                    ),
-                    UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => (
-                        ResponseFlags::UF,
-                        "upstream_reset_before_response_started{remote_connection_failure}",
-                    ),
-                    UpstreamError::Reset(_) => (
-                        ResponseFlags::UC,
-                        "upstream_reset_before_response_started{connection_termination}",
-                    ),
+                rec.upstream_transport_failure_reason = transport.clone();
+                let (flag, reason) = match &e {
+                    UpstreamError::Overflow => (ResponseFlags::UO, "overflow"),
+                    UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => {
+                        (ResponseFlags::UF, "remote connection failure")
+                    }
+                    UpstreamError::Reset(_) => (ResponseFlags::UC, "connection termination"),
                 };
-                let reason = match &e {
-                    UpstreamError::ConnectFailure(r) => {
-                        format!("remote connection failure, transport failure reason: {r}")
-                    }
-                    UpstreamError::ConnectTimeout => {
-                        "remote connection failure, transport failure reason: connection timeout".into()
-                    }
-                    other => other.reason(),
+                let details = match &transport {
+                    Some(t) => format!(
+                        "upstream_reset_before_response_started{{{}|{t}}}",
+                        reason.replace(' ', "_")
+                    ),
+                    None => format!(
+                        "upstream_reset_before_response_started{{{}}}",
+                        reason.replace(' ', "_")
+                    ),
                 };
                 let msg = format!(
                     "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
                 );
                 Err((
                     flag,
-                    LocalReply {
+                    routed_reply(LocalReply {
                         status: StatusCode::SERVICE_UNAVAILABLE,
                         body: Some(Bytes::from(msg)),
                         flags: flag,
-                        details,
+                        details: details.into(),
                         headers: HeaderMap::new(),
-                    },
+                    }),
                 ))
             }
         };
@@ -870,7 +966,8 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
                         rparts.headers.insert(X_REQUEST_ID.clone(), id.clone());
                     }
                 }
-                if retry.is_some() && attempt > 1 && !rparts.status.is_success() {
+                // Envoy flags a retriable answer that has no retries left (even zero allowed).
+                if retry.is_some() && retriable && attempt >= max_attempts {
                     rec.flags.insert(ResponseFlags::URX);
                 }
                 rec.response_code = rparts.status.as_u16();
@@ -899,7 +996,7 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
             Err((flag, reply)) => {
                 host.stats.rq_active.fetch_sub(1, Relaxed);
                 host.stats.rq_error.fetch_add(1, Relaxed);
-                if attempt > 1 && retry.is_some() {
+                if retry.is_some() && retriable && attempt >= max_attempts {
                     rec.flags.insert(ResponseFlags::URX);
                 }
                 rec.flags.insert(flag);
@@ -1059,7 +1156,7 @@ fn local_reply_with(
     server_header(&ctx.hcm, &mut headers);
     rec.flags.insert(reply.flags);
     rec.response_code = reply.status.as_u16();
-    rec.response_code_details = Some(reply.details.into());
+    rec.response_code_details = Some(reply.details.into_owned());
     rec.response_headers = Some(headers.clone());
     let mut resp = Response::new(ResBody {
         inner: Inner::Full(reply.body),

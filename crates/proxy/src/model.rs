@@ -169,6 +169,9 @@ pub struct HttpConnectionManager {
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
     pub max_request_headers_kb: u32,
+    /// Clients whose `x-envoy-*` control headers (timeouts, retries) are trusted. Envoy's
+    /// default trusts nobody; Istio-style configs list the pod networks.
+    pub internal_addresses: Vec<IpNet>,
     pub access_logs: Vec<AccessLogSink>,
 }
 
@@ -230,6 +233,31 @@ pub struct RouteConfig {
     pub most_specific_header_mutations_wins: bool,
     pub ignore_port_in_host_matching: bool,
     pub max_direct_response_body_size: usize,
+    /// Reject the configuration if a route names an unknown cluster (Envoy's default for
+    /// inline route configs; RDS defaults to not checking).
+    pub validate_clusters: bool,
+}
+
+impl RouteConfig {
+    /// Every cluster a route names explicitly.
+    pub fn cluster_names(&self) -> impl Iterator<Item = &str> {
+        self.virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.routes.iter())
+            .flat_map(|r| {
+                let names: Vec<&str> = match &r.action {
+                    Action::Forward(a) => match &a.cluster {
+                        ClusterPick::Named(n) => vec![n.as_str()],
+                        ClusterPick::Weighted { clusters, .. } => {
+                            clusters.iter().map(|(c, _)| c.name.as_str()).collect()
+                        }
+                        ClusterPick::Header(_) => vec![],
+                    },
+                    _ => vec![],
+                };
+                names
+            })
+    }
 }
 
 #[derive(Debug)]

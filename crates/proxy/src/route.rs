@@ -251,6 +251,7 @@ mod tests {
             most_specific_header_mutations_wins: false,
             ignore_port_in_host_matching: ignore_port,
             max_direct_response_body_size: 4096,
+            validate_clusters: false,
         }
     }
 

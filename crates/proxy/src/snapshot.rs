@@ -267,6 +267,46 @@ impl Store {
                 }
             }
         }
+        // Inline route configurations must name existing clusters (Envoy's validate_clusters).
+        let mut invalid = Vec::new();
+        for (name, l) in &res.listeners {
+            for chain in l
+                .model
+                .filter_chains
+                .iter()
+                .chain(l.model.default_filter_chain.iter())
+            {
+                let crate::model::NetworkFilter::Http(h) = &chain.filter else {
+                    continue;
+                };
+                let crate::model::RouteSource::Inline(rc) = &h.routes else {
+                    continue;
+                };
+                if !rc.validate_clusters {
+                    continue;
+                }
+                if let Some(missing) = rc.cluster_names().find(|c| !res.clusters.contains_key(*c)) {
+                    invalid.push(ConfigError {
+                        kind: "listener",
+                        name: name.clone(),
+                        field: format!("route_config {:?}", rc.name),
+                        reason: format!("route: unknown cluster '{missing}'"),
+                    });
+                }
+            }
+        }
+        for e in invalid {
+            // Keep the last good version if there was one.
+            match inner.resources.listeners.get(&e.name) {
+                Some(old) => {
+                    res.listeners.insert(e.name.clone(), old.clone());
+                }
+                None => {
+                    res.listeners.remove(&e.name);
+                }
+            }
+            report.rejected.push(e);
+        }
         let previous = self.current();
         inner.generation += 1;
         let generation = inner.generation;

@@ -51,12 +51,19 @@ impl UpstreamError {
     }
 }
 
-/// Envoy's wording for a failed connect (`delayed connect error: 111`).
+/// Envoy's wording for a failed connect (`delayed connect error: Connection refused`).
 fn connect_reason(e: &std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(code) => format!("delayed connect error: {code}"),
+        Some(code) => format!("delayed connect error: {}", strerror(code)),
         None => e.to_string(),
     }
+}
+
+/// The C library's message for an errno ("Connection refused").
+fn strerror(code: i32) -> String {
+    // `io::Error`'s Display is "<message> (os error N)"; keep the message.
+    let full = std::io::Error::from_raw_os_error(code).to_string();
+    full.split(" (os error").next().unwrap_or(&full).to_owned()
 }
 
 /// Connects to `addr` from `bind` (if set) within `timeout`, with `TCP_NODELAY`.

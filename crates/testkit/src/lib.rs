@@ -400,3 +400,5 @@ pub mod net {
         Ok(out)
     }
 }
+pub mod http;
+pub mod proxy;
