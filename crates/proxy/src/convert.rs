@@ -483,8 +483,10 @@ pub fn listener(l: &listener::Listener, warnings: &mut Vec<String>) -> Result<Li
         return Err(ctx.err("name", "a listener needs a name"));
     }
     let address = socket_address(&ctx, "address", l.address.as_ref())?;
-    let mut use_original_dst = bool_value(l.use_original_dst.as_ref(), false);
+
     let (mut tls_inspector, mut http_inspector) = (false, false);
+    let use_original_dst = bool_value(l.use_original_dst.as_ref(), false);
+    let mut restore_original_dst = use_original_dst;
     for (i, lf) in l.listener_filters.iter().enumerate() {
         let type_url = match &lf.config_type {
             Some(listener::listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
@@ -497,7 +499,7 @@ pub fn listener(l: &listener::Listener, warnings: &mut Vec<String>) -> Result<Li
         match (lf.name.as_str(), kind) {
             (_, "TlsInspector") | ("envoy.filters.listener.tls_inspector", "") => tls_inspector = true,
             (_, "HttpInspector") | ("envoy.filters.listener.http_inspector", "") => http_inspector = true,
-            (_, "OriginalDst") | ("envoy.filters.listener.original_dst", "") => use_original_dst = true,
+            (_, "OriginalDst") | ("envoy.filters.listener.original_dst", "") => restore_original_dst = true,
             (name, _) => {
                 return Err(ctx.err(
                     format!("listener_filters[{i}]"),
@@ -540,6 +542,7 @@ pub fn listener(l: &listener::Listener, warnings: &mut Vec<String>) -> Result<Li
         address,
         bind_to_port: bool_value(l.bind_to_port.as_ref(), true),
         use_original_dst,
+        restore_original_dst,
         tls_inspector,
         http_inspector,
         listener_filters_timeout: timeout(

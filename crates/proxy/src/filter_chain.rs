@@ -188,6 +188,7 @@ mod tests {
             address: "0.0.0.0:15006".parse().unwrap(),
             bind_to_port: true,
             use_original_dst: true,
+            restore_original_dst: true,
             tls_inspector: true,
             http_inspector: true,
             listener_filters_timeout: Duration::from_secs(1),

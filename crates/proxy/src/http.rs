@@ -850,7 +850,10 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
                     )),
                 ))
             }
-            Some(Ok((resp, _))) => Ok(resp),
+            Some(Ok((resp, local))) => {
+                rec.upstream_local_address = local;
+                Ok(resp)
+            }
             Some(Err(e)) => {
                 // Envoy words these with underscores in details and logs.
                 let transport = match &e {
@@ -973,7 +976,7 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
                 rec.response_code = rparts.status.as_u16();
                 rec.response_code_details = Some("via_upstream".into());
                 rec.response_headers = Some(rparts.headers.clone());
-                rec.upstream_local_address = None;
+
                 rparts.version = version;
                 let finish = Box::new(Finish {
                     ctx: ctx.clone(),

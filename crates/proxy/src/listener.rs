@@ -136,9 +136,11 @@ async fn handle(worker: Rc<Worker>, name: String, stream: TcpStream, peer: Socke
     };
     let mut listener = receiving.clone();
     let mut destination = local;
-    if receiving.use_original_dst {
+    if receiving.restore_original_dst {
         // REDIRECT: SO_ORIGINAL_DST; TPROXY (or no capture): the local address already is it.
         destination = capture::original_dst(&stream).unwrap_or(local);
+    }
+    if receiving.use_original_dst {
         if let Some(target) = snap.listener_for(destination) {
             if target.name != receiving.name {
                 listener = target.clone();

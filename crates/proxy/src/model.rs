@@ -29,8 +29,12 @@ pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub bind_to_port: bool,
-    /// Hand connections to the listener that matches their original destination (15001/15006).
+    /// Hand connections to the listener that matches their original destination (Envoy's
+    /// `use_original_dst`; Istio sets it on virtualOutbound only).
     pub use_original_dst: bool,
+    /// Read the original destination (the `original_dst` listener filter) without handing off:
+    /// virtualInbound uses it to choose chains by the port the client dialled.
+    pub restore_original_dst: bool,
     /// Sniff TLS (SNI, ALPN) before choosing a filter chain.
     pub tls_inspector: bool,
     /// Sniff HTTP/1.x and h2c before choosing a filter chain.

@@ -117,12 +117,14 @@ struct PoolKey {
 struct H1Conn {
     sender: http1::SendRequest<Body>,
     used: u32,
+    /// The connection's source address (`%UPSTREAM_LOCAL_ADDRESS%`).
+    local: Option<SocketAddr>,
 }
 
 #[derive(Default)]
 struct HostPool {
     idle: RefCell<Vec<H1Conn>>,
-    h2: RefCell<Option<http2::SendRequest<Body>>>,
+    h2: RefCell<Option<(http2::SendRequest<Body>, Option<SocketAddr>)>>,
     released: Notify,
 }
 
@@ -215,11 +217,12 @@ impl Pools {
         pool: &Rc<HostPool>,
         req: Request<Body>,
     ) -> Result<(Response<Incoming>, Option<SocketAddr>), UpstreamError> {
-        let existing = pool.h2.borrow().as_ref().filter(|s| !s.is_closed()).cloned();
-        let mut sender = match existing {
+        let existing = pool.h2.borrow().as_ref().filter(|(s, _)| !s.is_closed()).cloned();
+        let (mut sender, local) = match existing {
             Some(s) => s,
             None => {
                 let (stream, guard) = self.open(cluster, host).await?;
+                let local = stream.local_addr().ok();
                 let (sender, conn) = http2::Builder::new(LocalExec)
                     .timer(TokioTimer::new())
                     .handshake(TokioIo::new(stream))
@@ -229,8 +232,8 @@ impl Pools {
                     let _guard = guard;
                     let _ = conn.await;
                 });
-                *pool.h2.borrow_mut() = Some(sender.clone());
-                sender
+                *pool.h2.borrow_mut() = Some((sender.clone(), local));
+                (sender, local)
             }
         };
         sender
@@ -238,7 +241,7 @@ impl Pools {
             .await
             .map_err(|e| UpstreamError::Reset(format!("connection termination: {e}")))?;
         let resp = sender.send_request(req).await.map_err(reset_reason)?;
-        Ok((resp, None))
+        Ok((resp, local))
     }
 
     async fn send_h1(
@@ -275,6 +278,7 @@ impl Pools {
             Some(c) => c,
             None => {
                 let (stream, guard) = self.open(cluster, host).await?;
+                let local = stream.local_addr().ok();
                 let (sender, conn) = http1::Builder::new()
                     .handshake(TokioIo::new(stream))
                     .await
@@ -283,10 +287,15 @@ impl Pools {
                     let _guard = guard;
                     let _ = conn.await;
                 });
-                H1Conn { sender, used: 0 }
+                H1Conn {
+                    sender,
+                    used: 0,
+                    local,
+                }
             }
         };
         conn.used += 1;
+        let local = conn.local;
         let resp = conn.sender.send_request(req).await.map_err(reset_reason)?;
         if conn.used < max_uses {
             // Back to the pool once this response body has been read.
@@ -298,7 +307,7 @@ impl Pools {
                 }
             });
         }
-        Ok((resp, None))
+        Ok((resp, local))
     }
 }
 
