@@ -813,6 +813,12 @@ fn http_connection_manager(
             c.request_timeout.as_ref(),
             None,
         )?,
+        request_headers_timeout: timeout(
+            ctx,
+            &format!("{field}.request_headers_timeout"),
+            c.request_headers_timeout.as_ref(),
+            None,
+        )?,
         max_request_headers_kb: u32_value(c.max_request_headers_kb.as_ref()).unwrap_or(60),
         internal_addresses: match &c.internal_address_config {
             Some(i) => i

@@ -118,7 +118,9 @@ pub async fn serve(worker: Rc<Worker>, hcm: Arc<HttpConnectionManager>, stream: 
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Some(Duration::from_secs(60)))
+        .header_read_timeout(Some(
+            hcm.request_headers_timeout.unwrap_or(Duration::from_secs(60)),
+        ))
         .max_buf_size(max_headers.max(65536))
         .keep_alive(true);
     builder

@@ -172,6 +172,8 @@ pub struct HttpConnectionManager {
     /// Envoy's default is 5 minutes; `None` disables it.
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
+    /// How long a client may take to send the request headers (slowloris guard).
+    pub request_headers_timeout: Option<Duration>,
     pub max_request_headers_kb: u32,
     /// Clients whose `x-envoy-*` control headers (timeouts, retries) are trusted. Envoy's
     /// default trusts nobody; Istio-style configs list the pod networks.

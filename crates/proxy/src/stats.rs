@@ -429,11 +429,9 @@ pub fn tcp_closed(meta: &ConnMeta, rec: &LogRecord) {
 /// Prometheus text (0.0.4 compatible): Istio's metrics, then Envoy-style cluster stats.
 pub fn prometheus_text(snap: &Snapshot) -> String {
     let mut out = String::new();
-    if prometheus_client::encoding::text::encode(&mut out, &metrics().registry).is_ok() {
-        // OpenMetrics' terminator is not part of the 0.0.4 text format Envoy serves.
-        if let Some(stripped) = out.strip_suffix("# EOF\n") {
-            out.truncate(stripped.len());
-        }
+    let mut om = String::new();
+    if prometheus_client::encoding::text::encode(&mut om, &metrics().registry).is_ok() {
+        out = openmetrics_to_prometheus(&om);
     }
     let mut names: Vec<&String> = snap.clusters.keys().collect();
     names.sort();
@@ -670,5 +668,43 @@ pub fn count_request(cluster: Option<&Arc<ClusterState>>, status: u16) {
     server().downstream_rq_total.fetch_add(1, Relaxed);
     if let Some(c) = cluster {
         c.stats.count_status(status);
+    }
+}
+
+/// OpenMetrics text → Prometheus 0.0.4 text, the format Envoy serves: counter families are named
+/// after their samples (`# TYPE istio_requests_total counter`) and there is no `# EOF`.
+fn openmetrics_to_prometheus(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# TYPE ", "# HELP "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counter_families_take_their_sample_names() {
+        let om = "# HELP istio_requests Requests.\n# TYPE istio_requests counter\nistio_requests_total{a=\"b\"} 3\n# TYPE h histogram\nh_sum 1\n# EOF\n";
+        assert_eq!(
+            super::openmetrics_to_prometheus(om),
+            "# HELP istio_requests_total Requests.\n# TYPE istio_requests_total counter\nistio_requests_total{a=\"b\"} 3\n# TYPE h histogram\nh_sum 1\n"
+        );
     }
 }
