@@ -4,3 +4,4 @@
 
 pub use envoy_types::pb;
 pub mod json;
+pub mod server;

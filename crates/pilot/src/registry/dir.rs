@@ -1,0 +1,296 @@
+//! `skiffd --config-dir DIR`: ordinary Kubernetes manifests in a directory (recursively: `.yaml`,
+//! `.yml`, `.json`; hidden entries skipped), polled for changes. A file that fails to parse is
+//! reported (file, document, object, field) and its last good objects stay in force until it is
+//! fixed. When two files define the same object, the first path in sorted order wins.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::{Event, Source};
+use crate::model::{parse_manifests, Key, Object};
+
+/// Identity of a file's content as cheap metadata: changed ⇒ re-read.
+type Stamp = (Option<SystemTime>, u64, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok(), m.len(), m.ino()))
+}
+
+struct FileState {
+    stamp: Stamp,
+    /// The last good parse of this file.
+    objects: Vec<Arc<Object>>,
+    problem: Option<String>,
+}
+
+/// A directory of manifests as a registry source.
+pub struct ConfigDir {
+    dir: PathBuf,
+    interval: Duration,
+    files: BTreeMap<PathBuf, FileState>,
+    merged: BTreeMap<Key, Arc<Object>>,
+    /// Duplicate definitions currently ignored, reported as problems of the later file.
+    duplicates: BTreeMap<PathBuf, String>,
+}
+
+fn manifest_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            manifest_files(&path, out);
+        } else if matches!(
+            path.extension().and_then(|x| x.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(path);
+        }
+    }
+}
+
+impl ConfigDir {
+    pub fn new(dir: impl Into<PathBuf>, interval: Duration) -> ConfigDir {
+        ConfigDir {
+            dir: dir.into(),
+            interval,
+            files: BTreeMap::new(),
+            merged: BTreeMap::new(),
+            duplicates: BTreeMap::new(),
+        }
+    }
+
+    fn rel(&self, path: &Path) -> String {
+        path.strip_prefix(&self.dir).unwrap_or(path).display().to_string()
+    }
+
+    /// Looks at the directory once and returns what changed since the last call.
+    pub fn scan(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut paths = Vec::new();
+        manifest_files(&self.dir, &mut paths);
+        paths.sort();
+        // Removed files.
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !paths.contains(p))
+            .cloned()
+            .collect();
+        for p in gone {
+            if let Some(f) = self.files.remove(&p) {
+                if f.problem.is_some() {
+                    events.push(Event::Problem {
+                        origin: self.rel(&p),
+                        problem: None,
+                    });
+                }
+            }
+        }
+        for p in &paths {
+            let Some(st) = stamp(p) else { continue };
+            if self.files.get(p).is_some_and(|f| f.stamp == st) {
+                continue;
+            }
+            let origin = self.rel(p);
+            let parsed = std::fs::read_to_string(p)
+                .map_err(|e| format!("{origin}: cannot read: {e}"))
+                .and_then(|text| parse_manifests(Path::new(&origin), &text).map_err(|e| e.to_string()));
+            let entry = self.files.entry(p.clone()).or_insert(FileState {
+                stamp: st,
+                objects: Vec::new(),
+                problem: None,
+            });
+            entry.stamp = st;
+            match parsed {
+                Ok(objects) => {
+                    entry.objects = objects.into_iter().map(Arc::new).collect();
+                    if entry.problem.take().is_some() {
+                        events.push(Event::Problem {
+                            origin: origin.clone(),
+                            problem: None,
+                        });
+                    }
+                }
+                Err(e) => {
+                    if entry.problem.as_deref() != Some(e.as_str()) {
+                        entry.problem = Some(e.clone());
+                        events.push(Event::Problem {
+                            origin: origin.clone(),
+                            problem: Some(e),
+                        });
+                    }
+                }
+            }
+        }
+        // Merge: first file (sorted) wins for a key.
+        let mut merged: BTreeMap<Key, Arc<Object>> = BTreeMap::new();
+        let mut owner: BTreeMap<Key, PathBuf> = BTreeMap::new();
+        let mut duplicates: BTreeMap<PathBuf, String> = BTreeMap::new();
+        for (path, f) in &self.files {
+            for o in &f.objects {
+                let key = o.key();
+                if let Some(first) = owner.get(&key) {
+                    duplicates.entry(path.clone()).or_insert_with(|| {
+                        format!(
+                            "{}: {key} is also defined in {}; ignored here",
+                            self.rel(path),
+                            self.rel(first)
+                        )
+                    });
+                    continue;
+                }
+                owner.insert(key.clone(), path.clone());
+                merged.insert(key, o.clone());
+            }
+        }
+        for (path, msg) in &duplicates {
+            if self.duplicates.get(path) != Some(msg) {
+                events.push(Event::Problem {
+                    origin: format!("{} (duplicates)", self.rel(path)),
+                    problem: Some(msg.clone()),
+                });
+            }
+        }
+        for path in self.duplicates.keys() {
+            if !duplicates.contains_key(path) {
+                events.push(Event::Problem {
+                    origin: format!("{} (duplicates)", self.rel(path)),
+                    problem: None,
+                });
+            }
+        }
+        self.duplicates = duplicates;
+        for (key, o) in &merged {
+            match self.merged.get(key) {
+                None => events.push(Event::Added(o.clone())),
+                Some(old) if old != o => events.push(Event::Updated(o.clone())),
+                Some(_) => {}
+            }
+        }
+        for key in self.merged.keys() {
+            if !merged.contains_key(key) {
+                events.push(Event::Deleted(key.clone()));
+            }
+        }
+        self.merged = merged;
+        events
+    }
+}
+
+impl Source for ConfigDir {
+    fn start(mut self: Box<Self>, events: mpsc::UnboundedSender<Event>) {
+        // Plain file I/O on its own thread: the poll never competes with xDS for the runtime.
+        let spawned = std::thread::Builder::new()
+            .name("config-dir".into())
+            .spawn(move || {
+                if !self.dir.is_dir() {
+                    let _ = events.send(Event::Problem {
+                        origin: self.dir.display().to_string(),
+                        problem: Some(format!("{}: not a directory (yet)", self.dir.display())),
+                    });
+                }
+                let mut first = true;
+                loop {
+                    for e in self.scan() {
+                        if events.send(e).is_err() {
+                            return;
+                        }
+                    }
+                    if first {
+                        first = false;
+                        if events.send(Event::Synced).is_err() {
+                            return;
+                        }
+                    }
+                    if events.is_closed() {
+                        return;
+                    }
+                    std::thread::sleep(self.interval);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the config-dir watcher: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pilot-dir-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn kinds(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Added(o) => format!("+{}", o.key()),
+                Event::Updated(o) => format!("~{}", o.key()),
+                Event::Deleted(k) => format!("-{k}"),
+                Event::Problem { problem: Some(p), .. } => format!("!{p}"),
+                Event::Problem {
+                    origin,
+                    problem: None,
+                } => format!("ok {origin}"),
+                Event::Synced => "synced".into(),
+            })
+            .collect()
+    }
+
+    const SVC: &str =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec: {ports: [{port: 80}]}\n";
+
+    #[test]
+    fn bad_file_keeps_its_last_good_objects_until_fixed() {
+        let d = tmp("lastgood");
+        let f = d.join("web.yaml");
+        std::fs::write(&f, SVC).unwrap();
+        let mut src = ConfigDir::new(&d, Duration::from_millis(10));
+        assert_eq!(kinds(&src.scan()), ["+Service a/web"]);
+        std::fs::write(&f, format!("{SVC}---\napiVersion: v1\nkind: Service\nmetadata: {{name: x}}\nspec: {{ports: [{{port: 0}}]}}\n")).unwrap();
+        let ev = kinds(&src.scan());
+        assert_eq!(
+            ev,
+            ["!web.yaml: document 1 (Service x): spec.ports[0].port: 0 is out of range 1-65535"]
+        );
+        std::fs::write(&f, SVC.replace("80", "81")).unwrap();
+        assert_eq!(kinds(&src.scan()), ["ok web.yaml", "~Service a/web"]);
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(kinds(&src.scan()), ["-Service a/web"]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn duplicates_across_files_keep_the_first() {
+        let d = tmp("dups");
+        std::fs::write(d.join("a.yaml"), SVC).unwrap();
+        std::fs::write(d.join("b.yaml"), SVC.replace("80", "81")).unwrap();
+        let mut src = ConfigDir::new(&d, Duration::from_millis(10));
+        let ev = kinds(&src.scan());
+        assert_eq!(
+            ev,
+            [
+                "!b.yaml: Service a/web is also defined in a.yaml; ignored here",
+                "+Service a/web"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
