@@ -9,16 +9,38 @@ use clap::{Args, Parser};
 #[command(
     name = "skiffd",
     version,
-    about = "Skiff's control plane: the sidecar injection webhook (xDS next)"
+    about = "Skiff's control plane: service registry and xDS (ADS) for the sidecars, and the injection webhook"
 )]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogFlags,
     #[command(flatten)]
+    pub discovery: DiscoveryFlags,
+    #[command(flatten)]
     pub webhook: WebhookFlags,
     /// What injected pods get (image, revision, mesh defaults).
     #[command(flatten)]
     pub injection: inject::Settings,
+}
+
+#[derive(Args, Debug)]
+pub struct DiscoveryFlags {
+    /// A directory of Kubernetes manifests (Namespace, Service, Endpoints, EndpointSlice, Pod,
+    /// Deployment, Istio kinds), watched for changes: the service registry.
+    #[arg(long = "config-dir")]
+    pub config_dir: Option<PathBuf>,
+    /// How often the config directory is checked for changes, in milliseconds.
+    #[arg(long = "config-poll-ms", default_value_t = 500)]
+    pub poll_ms: u64,
+    /// Address of the plaintext xDS (ADS gRPC) server.
+    #[arg(long = "xds-addr", default_value = "0.0.0.0:15010")]
+    pub xds_addr: SocketAddr,
+    /// Address of `/metrics`, `/ready` and `/debug/syncz`.
+    #[arg(long = "monitoring-addr", default_value = "0.0.0.0:15014")]
+    pub monitoring_addr: SocketAddr,
+    /// Mesh `accessLogFile` for the sidecars (e.g. /dev/stdout); none by default, as in Istio.
+    #[arg(long = "access-log-file")]
+    pub access_log_file: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -1,8 +1,10 @@
-//! `skiffd`: the control plane. Today it serves the injection webhook; xDS joins it later.
+//! `skiffd`: the control plane. Serves xDS to the sidecars from a registry (`--config-dir`), and
+//! the injection webhook when given a certificate.
 
 mod cli;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -24,13 +26,45 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    let (Some(cert), Some(key)) = (&cli.webhook.cert, &cli.webhook.key) else {
-        anyhow::bail!("nothing to serve: pass --webhook-cert and --webhook-key to run the injection webhook");
+    let webhook = match (&cli.webhook.cert, &cli.webhook.key) {
+        (Some(cert), Some(key)) => {
+            Some(inject::server::WebhookServer::bind(cli.webhook.addr, cert, key, cli.injection).await?)
+        }
+        _ => None,
     };
-    let server = inject::server::WebhookServer::bind(cli.webhook.addr, cert, key, cli.injection).await?;
-    let addr = server.local_addr().context("cannot read the webhook's address")?;
-    tracing::info!(%addr, "webhook listening");
-    server.run(shutdown_signal()).await;
+    let control_plane = match &cli.discovery.config_dir {
+        Some(dir) => {
+            let d = &cli.discovery;
+            let config = pilot::app::Config {
+                xds_addr: d.xds_addr,
+                monitoring_addr: d.monitoring_addr,
+                mesh: pilot::gen::MeshConfig {
+                    access_log_file: d.access_log_file.clone(),
+                    ..Default::default()
+                },
+                debounce: Default::default(),
+            };
+            let source = pilot::registry::dir::ConfigDir::new(dir, Duration::from_millis(d.poll_ms.max(10)));
+            let cp = pilot::app::ControlPlane::start(config, Box::new(source)).await?;
+            tracing::info!(xds = %cp.xds_addr, monitoring = %cp.monitoring_addr, dir = %dir.display(), "discovery serving");
+            Some(cp)
+        }
+        None => None,
+    };
+    if webhook.is_none() && control_plane.is_none() {
+        anyhow::bail!(
+            "nothing to serve: pass --config-dir DIR for xDS, and/or --webhook-cert and --webhook-key for the injection webhook"
+        );
+    }
+    match webhook {
+        Some(server) => {
+            let addr = server.local_addr().context("cannot read the webhook's address")?;
+            tracing::info!(%addr, "webhook listening");
+            server.run(shutdown_signal()).await;
+        }
+        None => shutdown_signal().await,
+    }
+    drop(control_plane);
     Ok(())
 }
 

@@ -108,9 +108,10 @@ impl ControlPlane {
                 while let Ok(more) = rx.try_recv() {
                     change = change.merge(store.apply(more));
                 }
-                if !store.synced() || change == Change::None {
+                if !store.synced() {
                     continue;
                 }
+                // Rebuilt even when no proxy needs a push, so problems show up in /debug/registryz.
                 let snap = store.rebuild();
                 services.set(snap.services.len() as i64);
                 let scope = match change {
@@ -122,7 +123,10 @@ impl ControlPlane {
                             .flat_map(|s| crate::gen::endpoint::cluster_names(s))
                             .collect(),
                     ),
-                    Change::None => continue,
+                    Change::None => {
+                        disc.update(snap);
+                        continue;
+                    }
                 };
                 disc.update(snap);
                 monitor.ready.store(true, Ordering::Relaxed);
