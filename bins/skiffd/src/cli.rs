@@ -27,8 +27,12 @@ pub struct Cli {
 pub struct DiscoveryFlags {
     /// A directory of Kubernetes manifests (Namespace, Service, Endpoints, EndpointSlice, Pod,
     /// Deployment, Istio kinds), watched for changes: the service registry.
-    #[arg(long = "config-dir")]
+    #[arg(long = "config-dir", conflicts_with = "kubernetes")]
     pub config_dir: Option<PathBuf>,
+    /// Watch a Kubernetes API server instead (in-cluster config or kubeconfig, as kubectl finds
+    /// it). Needs a build with `--features kubernetes`.
+    #[arg(long = "kubernetes")]
+    pub kubernetes: bool,
     /// How often the config directory is checked for changes, in milliseconds.
     #[arg(long = "config-poll-ms", default_value_t = 500)]
     pub poll_ms: u64,

@@ -25,6 +25,20 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+#[cfg(feature = "kubernetes")]
+async fn kubernetes_source() -> anyhow::Result<Box<dyn pilot::registry::Source>> {
+    let source = pilot::registry::kube::KubeSource::from_environment()
+        .await
+        .context("cannot reach the Kubernetes API server (in-cluster config or kubeconfig)")?;
+    tracing::info!("registry: Kubernetes API server");
+    Ok(Box::new(source))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes_source() -> anyhow::Result<Box<dyn pilot::registry::Source>> {
+    anyhow::bail!("--kubernetes: this skiffd was built without it; rebuild with `--features kubernetes`")
+}
+
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let webhook = match (&cli.webhook.cert, &cli.webhook.key) {
         (Some(cert), Some(key)) => {
@@ -32,9 +46,20 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let control_plane = match &cli.discovery.config_dir {
-        Some(dir) => {
-            let d = &cli.discovery;
+    let d = &cli.discovery;
+    let source: Option<Box<dyn pilot::registry::Source>> = match (&d.config_dir, d.kubernetes) {
+        (Some(dir), _) => {
+            tracing::info!(dir = %dir.display(), "registry: config directory");
+            Some(Box::new(pilot::registry::dir::ConfigDir::new(
+                dir,
+                Duration::from_millis(d.poll_ms.max(10)),
+            )))
+        }
+        (None, true) => Some(kubernetes_source().await?),
+        (None, false) => None,
+    };
+    let control_plane = match source {
+        Some(source) => {
             let config = pilot::app::Config {
                 xds_addr: d.xds_addr,
                 monitoring_addr: d.monitoring_addr,
@@ -44,16 +69,15 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 },
                 debounce: Default::default(),
             };
-            let source = pilot::registry::dir::ConfigDir::new(dir, Duration::from_millis(d.poll_ms.max(10)));
-            let cp = pilot::app::ControlPlane::start(config, Box::new(source)).await?;
-            tracing::info!(xds = %cp.xds_addr, monitoring = %cp.monitoring_addr, dir = %dir.display(), "discovery serving");
+            let cp = pilot::app::ControlPlane::start(config, source).await?;
+            tracing::info!(xds = %cp.xds_addr, monitoring = %cp.monitoring_addr, "discovery serving");
             Some(cp)
         }
         None => None,
     };
     if webhook.is_none() && control_plane.is_none() {
         anyhow::bail!(
-            "nothing to serve: pass --config-dir DIR for xDS, and/or --webhook-cert and --webhook-key for the injection webhook"
+            "nothing to serve: pass --config-dir DIR (or --kubernetes) for xDS, and/or --webhook-cert and --webhook-key for the injection webhook"
         );
     }
     match webhook {

@@ -547,6 +547,17 @@ pub fn parse_manifests(file: &Path, text: &str) -> Result<Vec<Object>, DocError>
     Ok(out)
 }
 
+/// Parses one object as an API server returns it (`apiVersion` and `kind` set); `origin` names
+/// where it came from in errors (a watch).
+pub fn parse_value(origin: &str, value: serde_json::Value) -> Result<Option<Object>, DocError> {
+    let ctx = DocCtx {
+        file: origin,
+        document: 0,
+        object: None,
+    };
+    parse_object(&ctx, "", value)
+}
+
 fn typed<T: serde::de::DeserializeOwned>(
     ctx: &DocCtx<'_>,
     prefix: &str,
