@@ -26,6 +26,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/clusters/aggregate/v3/cluster.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
 ];
 
 fn envoy_types_dir() -> PathBuf {

@@ -24,8 +24,45 @@ pub enum Command {
         args_override_self = true
     )]
     Iptables(Box<capture::IptablesFlags>),
-    /// Run the proxy from an Envoy bootstrap file.
-    Proxy(proxy::cli::ProxyArgs),
+    /// Run the proxy: from an Envoy bootstrap file (`-c FILE`), or programmed over xDS as a
+    /// mesh `sidecar` or gateway (`router`), as `pilot-agent proxy` is.
+    Proxy(Box<ProxyCommand>),
+    /// Wait until the local proxy reports ready (`pilot-agent wait`): the injected postStart
+    /// hook that holds the app until the sidecar can carry its traffic.
+    Wait(WaitArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ProxyCommand {
+    #[command(subcommand)]
+    pub mode: Option<ProxyMode>,
+    #[command(flatten)]
+    pub file: proxy::cli::ProxyArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProxyMode {
+    /// A mesh sidecar: identity from the pod, configuration from the xDS server.
+    Sidecar(proxy::sidecar::SidecarArgs),
+    /// A gateway (Istio's `router` proxy type).
+    Router(proxy::sidecar::SidecarArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Readiness URL to poll.
+    #[arg(long, default_value = "http://localhost:15020/healthz/ready")]
+    pub url: String,
+    /// Give up after this many seconds.
+    #[arg(long = "timeoutSeconds", default_value_t = 60)]
+    pub timeout_seconds: u64,
+    /// Time between polls, in milliseconds.
+    #[arg(long = "periodMillis", default_value_t = 500)]
+    pub period_millis: u64,
+    /// Per-request timeout, in milliseconds.
+    #[arg(long = "requestTimeoutMillis", default_value_t = 500)]
+    pub request_timeout_millis: u64,
 }
 
 /// Istio's logging flags, accepted by every subcommand (the injector passes them).

@@ -11,6 +11,16 @@ fn main() -> ExitCode {
     telemetry::init(&cli.log.output_level, cli.log.as_json);
     match cli.command {
         cli::Command::Iptables(flags) => ExitCode::from(capture::cmd::run(&flags)),
-        cli::Command::Proxy(args) => ExitCode::from(proxy::cli::run(&args)),
+        cli::Command::Proxy(cmd) => ExitCode::from(match cmd.mode {
+            None => proxy::cli::run(&cmd.file),
+            Some(cli::ProxyMode::Sidecar(a)) => proxy::sidecar::run(proxy::sidecar::NodeType::Sidecar, &a),
+            Some(cli::ProxyMode::Router(a)) => proxy::sidecar::run(proxy::sidecar::NodeType::Router, &a),
+        }),
+        cli::Command::Wait(w) => ExitCode::from(proxy::sidecar::wait(
+            &w.url,
+            std::time::Duration::from_secs(w.timeout_seconds),
+            std::time::Duration::from_millis(w.period_millis),
+            std::time::Duration::from_millis(w.request_timeout_millis),
+        )),
     }
 }

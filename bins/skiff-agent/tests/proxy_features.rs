@@ -635,13 +635,13 @@ fn admin_views_parse() {
     }
     let (_, clusters) = p.proc.admin("/clusters?format=json").unwrap();
     let c: serde_json::Value = serde_json::from_str(&clusters).unwrap();
-    let up = c["clusterStatuses"]
+    let up = c["cluster_statuses"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["name"] == "up")
         .unwrap();
-    let stats = up["hostStatuses"][0]["stats"].as_array().unwrap();
+    let stats = up["host_statuses"][0]["stats"].as_array().unwrap();
     let total = stats.iter().find(|s| s["name"] == "rq_total").unwrap();
     assert_eq!(total["value"], "3", "{up}");
     // Prometheus text parsed by the reference Python parser.

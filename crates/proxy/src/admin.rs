@@ -409,6 +409,64 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     text(StatusCode::OK, body, "application/json")
 }
 
+/// Which part of the admin API a listener exposes. Only 15000 (on loopback) gets everything;
+/// the pod-facing ports answer what Istio's do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// 127.0.0.1:15000: the whole admin API.
+    Full,
+    /// 15021: `/healthz/ready`, what the kubelet's readiness probe asks.
+    Health,
+    /// 15090: `/stats/prometheus`, what Prometheus scrapes.
+    Metrics,
+    /// 15020, pilot-agent's status port: health, metrics, rewritten app probes, quit.
+    Agent,
+}
+
+impl Scope {
+    fn allows(self, method: &Method, path: &str) -> bool {
+        match self {
+            Scope::Full => true,
+            Scope::Health => path == "/healthz/ready",
+            Scope::Metrics => path == "/stats/prometheus",
+            Scope::Agent => {
+                matches!(path, "/healthz/ready" | "/stats/prometheus")
+                    || path.starts_with("/app-health/")
+                    || (method == Method::POST && path == "/quitquitquit")
+            }
+        }
+    }
+}
+
+/// Handles one admin request on a listener of the given scope.
+pub async fn handle_scoped(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+    scope: Scope,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !scope.allows(req.method(), path) {
+        return text(StatusCode::NOT_FOUND, "not found\n", "text/plain");
+    }
+    if let Some(probe) = path
+        .starts_with("/app-health/")
+        .then(|| crate::app_probe::from_env().get(path))
+    {
+        return match probe {
+            Some(p) => {
+                let (code, body) = crate::app_probe::run(p).await;
+                text(code, body, "text/plain; charset=UTF-8")
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                format!("no app probe registered for {path}\n"),
+                "text/plain",
+            ),
+        };
+    }
+    handle(state, req).await
+}
+
 /// Handles one admin request.
 pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let snap = state.store.current();
@@ -540,7 +598,7 @@ fn trim_heap() {
 }
 
 /// Serves the admin API on `listener` until the process exits.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, scope: Scope) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -553,7 +611,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, req).await) }
+                async move { Ok::<_, Infallible>(handle_scoped(state, req, scope).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

@@ -12,8 +12,8 @@ use crate::server::{self, Options};
 #[derive(Args, Debug, Clone)]
 pub struct ProxyArgs {
     /// Envoy bootstrap (YAML, JSON, or binary `.pb`).
-    #[arg(short = 'c', long = "config", visible_alias = "config-path")]
-    pub config: PathBuf,
+    #[arg(short = 'c', long = "config", visible_alias = "config-path", required = true)]
+    pub config: Option<PathBuf>,
     /// Worker threads (default: the CPUs this process may use).
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -42,7 +42,11 @@ pub fn run(args: &ProxyArgs) -> u8 {
         let _ = telemetry::set_levels(level);
     }
     crate::access_log::set_flush_interval(Duration::from_millis(args.file_flush_interval_msec));
-    let loaded = match crate::bootstrap::load(&args.config) {
+    let Some(config) = &args.config else {
+        error!("no bootstrap: pass -c FILE, or run `proxy sidecar` to take configuration over xDS");
+        return 2;
+    };
+    let loaded = match crate::bootstrap::load(config) {
         Ok(l) => l,
         Err(e) => {
             error!("{e}");
@@ -57,7 +61,7 @@ pub fn run(args: &ProxyArgs) -> u8 {
         concurrency: args.concurrency.unwrap_or_else(|| Options::default().concurrency),
         drain_time: Duration::from_secs(args.drain_time_s),
         admin: args.admin_address,
-        config_path: Some(args.config.clone()),
+        config_path: Some(config.clone()),
         ..Options::default()
     };
     match server::run(loaded, opts, None) {
@@ -69,7 +73,8 @@ pub fn run(args: &ProxyArgs) -> u8 {
     }
 }
 
-/// Switches the whole process to `uid`/`gid` (before any thread starts).
+/// Switches the whole process to `uid`/`gid`. glibc's `setuid`/`setgid` apply to every thread,
+/// so this may run after the workers have bound their listeners (as the sidecar does).
 pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
     if let Some(g) = gid.or(uid) {
         nix_like::setgid(g).map_err(|e| format!("cannot switch to gid {g}: {e}"))?;
@@ -82,7 +87,7 @@ pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> Result<(), String>
 
 mod nix_like {
     pub fn setgid(g: u32) -> std::io::Result<()> {
-        // SAFETY: plain libc calls; the process has a single thread here.
+        // SAFETY: plain libc calls with no pointers but the null group list.
         unsafe {
             if libc::setgroups(0, std::ptr::null()) != 0
                 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)

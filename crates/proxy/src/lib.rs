@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod app_probe;
 pub mod bootstrap;
 pub mod cli;
 pub mod cluster;
@@ -18,6 +19,7 @@ pub mod listener;
 pub mod model;
 pub mod route;
 pub mod server;
+pub mod sidecar;
 pub mod snapshot;
 pub mod stats;
 pub mod tcp;

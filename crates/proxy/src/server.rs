@@ -25,9 +25,13 @@ pub struct Options {
     pub drain_time: Duration,
     /// Admin address; overrides the bootstrap's.
     pub admin: Option<SocketAddr>,
-    /// Extra admin-API listeners (15021 health, 15090 metrics in sidecar mode).
-    pub extra_admin: Vec<SocketAddr>,
+    /// Extra admin-API listeners with what each exposes (15021 health, 15090 metrics, 15020
+    /// agent status in sidecar mode).
+    pub extra_admin: Vec<(SocketAddr, admin::Scope)>,
     pub config_path: Option<PathBuf>,
+    /// Ready as soon as the listeners are up (a bootstrap file is complete configuration); an
+    /// xDS-fed proxy turns ready when its first full configuration arrives instead.
+    pub ready_now: bool,
 }
 
 impl Default for Options {
@@ -38,6 +42,7 @@ impl Default for Options {
             admin: None,
             extra_admin: Vec::new(),
             config_path: None,
+            ready_now: true,
         }
     }
 }
@@ -110,9 +115,10 @@ pub async fn start(store: Arc<Store>, loaded: &Loaded, opts: &Options) -> Result
     let admin_addrs = opts
         .admin
         .or(loaded.admin)
+        .map(|a| (a, admin::Scope::Full))
         .into_iter()
         .chain(opts.extra_admin.iter().copied());
-    for (i, addr) in admin_addrs.enumerate() {
+    for (i, (addr, scope)) in admin_addrs.enumerate() {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot bind admin on {addr}: {e}"))?;
@@ -121,7 +127,7 @@ pub async fn start(store: Arc<Store>, loaded: &Loaded, opts: &Options) -> Result
             admin_address = Some(bound);
             info!(address = %bound, "admin listening");
         }
-        tokio::spawn(admin::serve(listener, state.clone()));
+        tokio::spawn(admin::serve(listener, state.clone(), scope));
     }
     // Ready once every worker has started and bound its listeners.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -129,8 +135,10 @@ pub async fn start(store: Arc<Store>, loaded: &Loaded, opts: &Options) -> Result
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    configured.store(true, Relaxed);
-    crate::stats::server().state.store(0, Relaxed);
+    if opts.ready_now {
+        configured.store(true, Relaxed);
+        crate::stats::server().state.store(0, Relaxed);
+    }
     Ok(Handle {
         store,
         phase: phase_tx,

@@ -602,8 +602,16 @@ fn server_stats() -> Vec<(String, u64)> {
             s.lds_updates.load(Relaxed),
         ),
         (
+            "listener_manager.lds.update_rejected".into(),
+            s.lds_rejected.load(Relaxed),
+        ),
+        (
             "cluster_manager.cds.update_success".into(),
             s.cds_updates.load(Relaxed),
+        ),
+        (
+            "cluster_manager.cds.update_rejected".into(),
+            s.cds_rejected.load(Relaxed),
         ),
         (
             "http.downstream_rq_total".into(),
@@ -627,6 +635,8 @@ pub struct ServerStats {
     pub workers_started: std::sync::atomic::AtomicU64,
     pub lds_updates: std::sync::atomic::AtomicU64,
     pub cds_updates: std::sync::atomic::AtomicU64,
+    pub lds_rejected: std::sync::atomic::AtomicU64,
+    pub cds_rejected: std::sync::atomic::AtomicU64,
     pub downstream_rq_total: std::sync::atomic::AtomicU64,
     pub downstream_cx_total: std::sync::atomic::AtomicU64,
     pub downstream_cx_active: std::sync::atomic::AtomicU64,

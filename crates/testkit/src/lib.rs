@@ -401,4 +401,5 @@ pub mod net {
     }
 }
 pub mod http;
+pub mod manifests;
 pub mod proxy;

@@ -66,8 +66,9 @@ where
     from_json(pool, parse_yaml(text)?)
 }
 
-/// Prints `msg` the way Envoy's admin does: lowerCamelCase names, `@type` on `Any`, defaults
-/// omitted.
+/// Prints `msg` the way Envoy's admin does: proto field names (snake_case), `@type` on `Any`,
+/// defaults omitted. An `Any` of a type Skiff has no schema for (an extension it skipped) is
+/// shown as a string naming the type instead of failing the whole dump.
 pub fn to_json<M>(pool: &DescriptorPool, msg: &M) -> Result<serde_json::Value, JsonError>
 where
     M: prost::Message + prost::Name,
@@ -75,9 +76,12 @@ where
     let desc = pool
         .get_message_by_name(&M::full_name())
         .ok_or_else(|| JsonError::UnknownType(M::full_name()))?;
-    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
+    let mut dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
         .map_err(|e| JsonError::Internal(format!("re-decoding {}: {e}", M::full_name())))?;
-    let opts = SerializeOptions::new().skip_default_fields(true);
+    replace_unknown_any(pool, &mut dynamic, 0);
+    let opts = SerializeOptions::new()
+        .skip_default_fields(true)
+        .use_proto_field_name(true);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &opts)
         .map_err(|e| JsonError::Internal(format!("serializing {}: {e}", M::full_name())))
@@ -94,7 +98,9 @@ pub fn any_to_json(
         .ok_or_else(|| JsonError::UnknownType(any.type_url.clone()))?;
     let dynamic = DynamicMessage::decode(desc, any.value.as_slice())
         .map_err(|e| JsonError::Internal(format!("decoding {name}: {e}")))?;
-    let opts = SerializeOptions::new().skip_default_fields(true);
+    let opts = SerializeOptions::new()
+        .skip_default_fields(true)
+        .use_proto_field_name(true);
     let mut v = dynamic
         .serialize_with_options(serde_json::value::Serializer, &opts)
         .map_err(|e| JsonError::Internal(format!("serializing {name}: {e}")))?;
@@ -105,6 +111,60 @@ pub fn any_to_json(
         *map = with_type;
     }
     Ok(v)
+}
+
+/// Walks `msg` and rewrites every `Any` whose type is not in `pool` into a
+/// `google.protobuf.StringValue` that names it; known `Any`s are walked too (they may nest).
+fn replace_unknown_any(pool: &DescriptorPool, msg: &mut DynamicMessage, depth: usize) {
+    use prost::Message as _;
+    use prost_reflect::{ReflectMessage, Value};
+    if depth > 64 {
+        return;
+    }
+    if msg.descriptor().full_name() == "google.protobuf.Any" {
+        let type_url = match msg.get_field_by_name("type_url").as_deref() {
+            Some(Value::String(s)) => s.clone(),
+            _ => return,
+        };
+        let value = match msg.get_field_by_name("value").as_deref() {
+            Some(Value::Bytes(b)) => b.clone(),
+            _ => Default::default(),
+        };
+        let name = type_url.rsplit('/').next().unwrap_or_default();
+        let replaced = match pool.get_message_by_name(name) {
+            Some(desc) => match DynamicMessage::decode(desc, value.as_ref()) {
+                Ok(mut inner) => {
+                    replace_unknown_any(pool, &mut inner, depth + 1);
+                    Some((type_url.clone(), inner.encode_to_vec()))
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let (url, bytes) = replaced.unwrap_or_else(|| {
+            let note = format!("[{type_url}: {} bytes; no schema in Skiff]", value.len());
+            (
+                "type.googleapis.com/google.protobuf.StringValue".to_owned(),
+                envoy_types::pb::google::protobuf::StringValue { value: note }.encode_to_vec(),
+            )
+        });
+        msg.set_field_by_name("type_url", Value::String(url));
+        msg.set_field_by_name("value", Value::Bytes(bytes.into()));
+        return;
+    }
+    for (_, v) in msg.fields_mut() {
+        walk_value(pool, v, depth + 1);
+    }
+}
+
+fn walk_value(pool: &DescriptorPool, v: &mut prost_reflect::Value, depth: usize) {
+    use prost_reflect::Value;
+    match v {
+        Value::Message(m) => replace_unknown_any(pool, m, depth),
+        Value::List(items) => items.iter_mut().for_each(|i| walk_value(pool, i, depth)),
+        Value::Map(map) => map.values_mut().for_each(|i| walk_value(pool, i, depth)),
+        _ => {}
+    }
 }
 
 /// `google.protobuf.Any` as `envoy-types` exposes it.
@@ -166,16 +226,19 @@ static_resources:
         assert_eq!(c.connect_timeout.unwrap().nanos, 250_000_000);
         // And back to JSON in Envoy's admin shape.
         let json = to_json(&pool, &b).unwrap();
-        let hcm = &json["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]["typedConfig"];
+        let hcm = &json["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
         assert_eq!(
             hcm["@type"],
             "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
         );
         assert_eq!(
-            hcm["routeConfig"]["virtualHosts"][0]["routes"][0]["route"]["timeout"],
+            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"],
             "2.500s"
         );
-        assert_eq!(json["staticResources"]["clusters"][0]["connectTimeout"], "0.250s");
+        assert_eq!(
+            json["static_resources"]["clusters"][0]["connect_timeout"],
+            "0.250s"
+        );
     }
 
     #[test]
@@ -191,5 +254,34 @@ static_resources:
         let err = from_yaml::<Bootstrap>(&pool, &bad).unwrap_err().to_string();
         assert!(err.contains("Routr"), "{err}");
         assert!(err.contains("http_filters[0].typed_config"), "{err}");
+    }
+
+    #[test]
+    fn unknown_any_is_named_not_fatal() {
+        use envoy_types::pb::envoy::config::listener::v3::{
+            filter::ConfigType, Filter, FilterChain, Listener,
+        };
+        let pool = descriptor_pool().unwrap();
+        let l = Listener {
+            name: "l".into(),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "istio.stats".into(),
+                    config_type: Some(ConfigType::TypedConfig(prost_types_any::Any {
+                        type_url: "type.googleapis.com/stats.PluginConfig".into(),
+                        value: vec![1, 2, 3],
+                    })),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json = to_json(&pool, &l).unwrap();
+        let tc = &json["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(tc["@type"], "type.googleapis.com/google.protobuf.StringValue");
+        assert_eq!(
+            tc["value"],
+            "[type.googleapis.com/stats.PluginConfig: 3 bytes; no schema in Skiff]"
+        );
     }
 }

@@ -3,5 +3,6 @@
 //! same `.proto` files.
 
 pub use envoy_types::pb;
+pub mod client;
 pub mod json;
 pub mod server;
