@@ -42,7 +42,7 @@ fn http_get(pod: &Pod, port: u16, path: &str) -> (u16, String) {
 
 /// The bootstrap pilot-agent writes for a sidecar (trimmed to what matters for xDS): node with
 /// Istio's id and metadata, ADS over gRPC to `xds-grpc`, a static HTTP/2 `xds-grpc` cluster.
-fn bootstrap(pod: &Pod, app: &str, istiod: Ipv4Addr) -> String {
+fn bootstrap(pod: &Pod, app: &str, istiod: Ipv4Addr, api_type: &str) -> String {
     format!(
         r#"
 node:
@@ -62,7 +62,7 @@ dynamic_resources:
   lds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
   cds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     set_node_on_first_message_only: true
     transport_api_version: V3
     grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
@@ -168,10 +168,10 @@ fn capture(pod: &Pod) {
 
 /// Real Envoy in `pod`. It runs with group 1337 (the capture rules RETURN its traffic by gid as
 /// they do by uid): pip installs Envoy under root's home, which uid 1337 cannot enter.
-fn envoy(pod: &Pod, app: &str, istiod: Ipv4Addr, scratch: &Path) -> ProxyProc {
+fn envoy(pod: &Pod, app: &str, istiod: Ipv4Addr, scratch: &Path, api_type: &str) -> ProxyProc {
     use std::os::unix::process::CommandExt;
     let path = scratch.join(format!("envoy-{app}.yaml"));
-    std::fs::write(&path, bootstrap(pod, app, istiod)).unwrap();
+    std::fs::write(&path, bootstrap(pod, app, istiod, api_type)).unwrap();
     let mut cmd = pod.command(testkit::proxy::envoy_binary());
     cmd.gid(PROXY_UID).arg("-c").arg(&path).args([
         "--concurrency",
@@ -295,13 +295,24 @@ impl Drop for Skiffd {
 
 #[test]
 fn real_envoy_sidecars_run_on_skiffd_xds() {
-    let net = Network::new("envoyxds").unwrap();
+    scenario("GRPC");
+}
+
+/// The same with Envoy on incremental (delta) xDS.
+#[test]
+fn real_envoy_sidecars_run_on_skiffd_delta_xds() {
+    scenario("DELTA_GRPC");
+}
+
+fn scenario(api_type: &str) {
+    let net = Network::new(&format!("envoyxds{}", api_type.len())).unwrap();
     let istiod = net.add_pod("istiod").unwrap();
     let toolbox = net.add_pod("toolbox").unwrap();
     let nginx = net.add_pod("nginx").unwrap();
     let httpbin = net.add_pod("httpbin").unwrap();
     let httpbin2 = net.add_pod("httpbin2").unwrap();
-    let scratch: PathBuf = std::env::temp_dir().join(format!("skiffd-envoy-{}", std::process::id()));
+    let scratch: PathBuf =
+        std::env::temp_dir().join(format!("skiffd-envoy-{}-{api_type}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     let dir = scratch.join("config");
     write_config(&dir, &toolbox, &nginx, httpbin.ip);
@@ -333,8 +344,8 @@ fn real_envoy_sidecars_run_on_skiffd_xds() {
 
     capture(&toolbox);
     capture(&nginx);
-    let client = envoy(&toolbox, "toolbox", istiod.ip, &scratch);
-    let server = envoy(&nginx, "nginx", istiod.ip, &scratch);
+    let client = envoy(&toolbox, "toolbox", istiod.ip, &scratch, api_type);
+    let server = envoy(&nginx, "nginx", istiod.ip, &scratch, api_type);
     // Endpoints and routes arrive right after clusters and listeners.
     wait_for("EDS and RDS", Duration::from_secs(10), || {
         stat(&toolbox, "cluster_manager.cds.update_success") > 0
@@ -344,6 +355,11 @@ fn real_envoy_sidecars_run_on_skiffd_xds() {
     });
     assert_nothing_rejected(&toolbox);
     assert_nothing_rejected(&nginx);
+    assert_eq!(
+        skiffd_log().contains("delta push"),
+        api_type == "DELTA_GRPC",
+        "served over the protocol variant Envoy asked for"
+    );
 
     // listener → route → cluster → endpoint, as Envoy holds it.
     let dump = config_dump(&toolbox);

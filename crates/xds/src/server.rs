@@ -435,23 +435,7 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
             .generator
             .connect(&node, peer)
             .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?;
-        let id = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
-        lock(&self.shared.conns).insert(id, push_tx);
-        lock(&self.shared.sync).insert(
-            id,
-            ProxySync {
-                node_id: node.id.clone(),
-                proxy: node.id.split('~').nth(2).unwrap_or(&node.id).to_owned(),
-                cluster_id: meta_string(&node, "CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
-                istio_version: meta_string(&node, "ISTIO_VERSION").unwrap_or_default(),
-                peer,
-                connected_at: SystemTime::now(),
-                types: HashMap::new(),
-            },
-        );
-        self.shared.metrics.connected.inc();
-        tracing::info!(node = %node.id, ?peer, "xds connected");
+        let (id, push_rx) = self.register(&node, peer);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let conn = Connection {
             id,
@@ -468,12 +452,100 @@ impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        Err(Status::unimplemented(
-            "delta xDS is not served yet; use state-of-the-world ADS (Envoy: api_type GRPC)",
-        ))
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = match inbound.message().await? {
+            Some(r) => r,
+            None => return Err(Status::cancelled("stream closed before the first request")),
+        };
+        let node = first
+            .node
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first DeltaDiscoveryRequest has no node"))?;
+        let proxy = self
+            .shared
+            .generator
+            .connect(&node, peer)
+            .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?;
+        let (id, push_rx) = self.register(&node, peer);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let conn = DeltaConnection {
+            id,
+            node_id: node.id.clone(),
+            shared: self.shared.clone(),
+            proxy,
+            out: out_tx,
+            types: HashMap::new(),
+            nonce_seq: 0,
+        };
+        tokio::spawn(conn.run(first, inbound, push_rx));
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(out_rx))))
     }
+}
+
+impl<G: Generator> AdsServer<G> {
+    /// Records a new stream: its push channel and its sync-status entry.
+    fn register(
+        &self,
+        node: &Node,
+        peer: Option<SocketAddr>,
+    ) -> (u64, mpsc::UnboundedReceiver<Arc<PushEvent>>) {
+        let id = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        lock(&self.shared.conns).insert(id, push_tx);
+        lock(&self.shared.sync).insert(
+            id,
+            ProxySync {
+                node_id: node.id.clone(),
+                proxy: node.id.split('~').nth(2).unwrap_or(&node.id).to_owned(),
+                cluster_id: meta_string(node, "CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
+                istio_version: meta_string(node, "ISTIO_VERSION").unwrap_or_default(),
+                peer,
+                connected_at: SystemTime::now(),
+                types: HashMap::new(),
+            },
+        );
+        self.shared.metrics.connected.inc();
+        tracing::info!(node = %node.id, ?peer, "xds connected");
+        (id, push_rx)
+    }
+}
+
+fn forget<G: Generator>(shared: &Shared<G>, id: u64, node_id: &str) {
+    lock(&shared.conns).remove(&id);
+    lock(&shared.sync).remove(&id);
+    shared.metrics.connected.dec();
+    tracing::info!(node = %node_id, "xds disconnected");
+}
+
+fn update_sync<G: Generator>(shared: &Shared<G>, id: u64, type_url: &str, f: impl FnOnce(&mut TypeSync)) {
+    if let Some(p) = lock(&shared.sync).get_mut(&id) {
+        let t = p.types.entry(short_type(type_url)).or_default();
+        f(t);
+        t.last_updated = Some(SystemTime::now());
+    }
+}
+
+fn count_reject<G: Generator>(shared: &Shared<G>, type_url: &str) {
+    shared
+        .metrics
+        .rejects
+        .get_or_create(&TypeLabel {
+            r#type: short_type(type_url),
+        })
+        .inc();
+}
+
+fn count_push<G: Generator>(shared: &Shared<G>, type_url: &str) {
+    shared
+        .metrics
+        .pushes
+        .get_or_create(&TypeLabel {
+            r#type: short_type(type_url),
+        })
+        .inc();
 }
 
 fn meta_string(node: &Node, key: &str) -> Option<String> {
@@ -533,18 +605,11 @@ impl<G: Generator> Connection<G> {
                 _ = self.out.closed() => break,
             }
         }
-        lock(&self.shared.conns).remove(&self.id);
-        lock(&self.shared.sync).remove(&self.id);
-        self.shared.metrics.connected.dec();
-        tracing::info!(node = %self.node_id, "xds disconnected");
+        forget(&self.shared, self.id, &self.node_id);
     }
 
     fn update_sync(&self, type_url: &str, f: impl FnOnce(&mut TypeSync)) {
-        if let Some(p) = lock(&self.shared.sync).get_mut(&self.id) {
-            let t = p.types.entry(short_type(type_url)).or_default();
-            f(t);
-            t.last_updated = Some(SystemTime::now());
-        }
+        update_sync(&self.shared, self.id, type_url, f);
     }
 
     fn on_request(&mut self, req: DiscoveryRequest) {
@@ -605,13 +670,7 @@ impl<G: Generator> Connection<G> {
                     resources = ?rejected,
                     "proxy rejected config (NACK); not re-sending these until they change"
                 );
-                self.shared
-                    .metrics
-                    .rejects
-                    .get_or_create(&TypeLabel {
-                        r#type: short_type(&type_url),
-                    })
-                    .inc();
+                count_reject(&self.shared, &type_url);
                 self.update_sync(&type_url, |t| t.last_error = Some(message));
             }
             Ok(()) => {
@@ -725,19 +784,289 @@ impl<G: Generator> Connection<G> {
         if let Some(w) = self.types.get_mut(type_url) {
             w.sent_nonce = Some(nonce.clone());
         }
-        self.shared
-            .metrics
-            .pushes
-            .get_or_create(&TypeLabel {
-                r#type: short_type(type_url),
-            })
-            .inc();
+        count_push(&self.shared, type_url);
         self.update_sync(type_url, |t| {
             t.sent_nonce = Some(nonce);
             t.sent_version = Some(version);
         });
         tracing::debug!(node = %self.node_id, r#type = short_type(type_url), count, "push");
         let _ = self.out.send(Ok(resp));
+    }
+}
+
+// === Delta (incremental) xDS ===
+
+/// One type's state on a delta stream.
+#[derive(Default)]
+struct DeltaWatch {
+    /// Everything of this type (LDS/CDS with `*` or an empty first subscription).
+    wildcard: bool,
+    subscribed: BTreeSet<String>,
+    /// What the proxy holds: name → digest (its version string is the digest in hex).
+    known: HashMap<String, u64>,
+    sent_nonce: Option<String>,
+    /// The last response: name → Some(digest) sent, None removed.
+    pending: HashMap<String, Option<u64>>,
+    rejected: HashMap<String, u64>,
+}
+
+struct DeltaConnection<G: Generator> {
+    id: u64,
+    node_id: String,
+    shared: Arc<Shared<G>>,
+    proxy: G::Proxy,
+    out: mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, Status>>,
+    types: HashMap<String, DeltaWatch>,
+    nonce_seq: u64,
+}
+
+impl<G: Generator> DeltaConnection<G> {
+    async fn run(
+        mut self,
+        first: DeltaDiscoveryRequest,
+        mut inbound: Streaming<DeltaDiscoveryRequest>,
+        mut pushes: mpsc::UnboundedReceiver<Arc<PushEvent>>,
+    ) {
+        self.on_request(first);
+        loop {
+            tokio::select! {
+                msg = inbound.next() => match msg {
+                    Some(Ok(req)) => self.on_request(req),
+                    Some(Err(e)) => {
+                        tracing::info!(node = %self.node_id, error = %e, "delta xds stream error");
+                        break;
+                    }
+                    None => break,
+                },
+                ev = pushes.recv() => match ev {
+                    Some(ev) => self.on_push(&ev),
+                    None => break,
+                },
+                _ = self.out.closed() => break,
+            }
+        }
+        forget(&self.shared, self.id, &self.node_id);
+    }
+
+    fn on_request(&mut self, req: DeltaDiscoveryRequest) {
+        let type_url = req.type_url.clone();
+        if !PUSH_ORDER.contains(&type_url.as_str()) {
+            if req.response_nonce.is_empty() {
+                self.send(&type_url, Vec::new(), Vec::new());
+            }
+            return;
+        }
+        let initial = !self.types.contains_key(&type_url);
+        let watch = self.types.entry(type_url.clone()).or_default();
+        let mut outcome = None;
+        if !req.response_nonce.is_empty() && watch.sent_nonce.as_deref() == Some(req.response_nonce.as_str())
+        {
+            let pending = std::mem::take(&mut watch.pending);
+            match &req.error_detail {
+                Some(err) => {
+                    let mut rejected: Vec<String> = Vec::new();
+                    for (name, digest) in pending {
+                        if let Some(d) = digest {
+                            watch.rejected.insert(name.clone(), d);
+                            rejected.push(name);
+                        }
+                    }
+                    rejected.sort();
+                    outcome = Some(Err((err.message.clone(), rejected)));
+                }
+                None => {
+                    for (name, digest) in pending {
+                        match digest {
+                            Some(d) => watch.known.insert(name, d),
+                            None => watch.known.remove(&name),
+                        };
+                    }
+                    outcome = Some(Ok(()));
+                }
+            }
+        }
+        // Subscription changes count whatever the nonce says.
+        let mut newly: BTreeSet<String> = BTreeSet::new();
+        if initial {
+            watch.wildcard = is_wildcard(&type_url)
+                && (req.resource_names_subscribe.is_empty()
+                    || req.resource_names_subscribe.iter().any(|n| n == "*"));
+            for (name, version) in &req.initial_resource_versions {
+                if let Ok(d) = u64::from_str_radix(version, 16) {
+                    watch.known.insert(name.clone(), d);
+                }
+            }
+        }
+        for n in &req.resource_names_subscribe {
+            if n == "*" {
+                watch.wildcard = true;
+            } else if watch.subscribed.insert(n.clone()) {
+                newly.insert(n.clone());
+            }
+        }
+        for n in &req.resource_names_unsubscribe {
+            if n == "*" {
+                watch.wildcard = false;
+            }
+            watch.subscribed.remove(n);
+            watch.known.remove(n);
+        }
+        match outcome {
+            Some(Err((message, rejected))) => {
+                tracing::warn!(
+                    node = %self.node_id,
+                    r#type = short_type(&type_url),
+                    error = %message,
+                    resources = ?rejected,
+                    "proxy rejected config (NACK); not re-sending these until they change"
+                );
+                count_reject(&self.shared, &type_url);
+                update_sync(&self.shared, self.id, &type_url, |t| t.last_error = Some(message));
+            }
+            Some(Ok(())) => {
+                let nonce = req.response_nonce.clone();
+                update_sync(&self.shared, self.id, &type_url, |t| {
+                    t.acked_nonce = Some(nonce);
+                    t.last_error = None;
+                });
+            }
+            None => {}
+        }
+        if initial || !newly.is_empty() {
+            self.respond(&type_url, &newly, initial);
+        }
+    }
+
+    fn on_push(&mut self, ev: &PushEvent) {
+        match &ev.scope {
+            PushScope::Full => {
+                let mut changed_clusters = BTreeSet::new();
+                for t in PUSH_ORDER {
+                    if self.types.contains_key(t) {
+                        let force = if t == ENDPOINT_TYPE {
+                            changed_clusters.clone()
+                        } else {
+                            BTreeSet::new()
+                        };
+                        let sent = self.respond(t, &force, false);
+                        if t == CLUSTER_TYPE {
+                            changed_clusters = sent;
+                        }
+                    }
+                }
+            }
+            PushScope::Endpoints(clusters) => {
+                let watched = self
+                    .types
+                    .get(ENDPOINT_TYPE)
+                    .is_some_and(|w| w.subscribed.iter().any(|n| clusters.contains(n)));
+                if watched {
+                    self.respond(ENDPOINT_TYPE, &BTreeSet::new(), false);
+                }
+            }
+        }
+    }
+
+    /// Sends what the proxy does not have yet (and what it must drop). `force` names are sent even
+    /// if unchanged; `always` answers even with nothing (a first request waits for an answer).
+    /// Returns the names sent.
+    fn respond(&mut self, type_url: &str, force: &BTreeSet<String>, always: bool) -> BTreeSet<String> {
+        let Some(watch) = self.types.get(type_url) else {
+            return BTreeSet::new();
+        };
+        let names: Vec<String> = if watch.wildcard {
+            Vec::new()
+        } else {
+            watch.subscribed.iter().cloned().collect()
+        };
+        if !watch.wildcard && names.is_empty() && !always {
+            return BTreeSet::new();
+        }
+        let generated = if !watch.wildcard && names.is_empty() {
+            Vec::new()
+        } else {
+            self.shared.generator.generate(&self.proxy, type_url, &names)
+        };
+        let watch = self.types.entry(type_url.to_owned()).or_default();
+        let mut resources = Vec::new();
+        let mut pending = HashMap::new();
+        let mut present = BTreeSet::new();
+        for r in generated {
+            let digest = r.digest();
+            present.insert(r.name.clone());
+            if watch.rejected.get(&r.name) == Some(&digest) {
+                continue;
+            }
+            watch.rejected.remove(&r.name);
+            if watch.known.get(&r.name) == Some(&digest) && !force.contains(&r.name) {
+                continue;
+            }
+            pending.insert(r.name.clone(), Some(digest));
+            resources.push(crate::pb::envoy::service::discovery::v3::Resource {
+                name: r.name.clone(),
+                version: format!("{digest:016x}"),
+                resource: Some((*r.body).clone()),
+                ..Default::default()
+            });
+        }
+        let mut removed: Vec<String> = if watch.wildcard {
+            watch
+                .known
+                .keys()
+                .filter(|n| !present.contains(*n))
+                .cloned()
+                .collect()
+        } else {
+            // Asked for but gone (or never there): tell the proxy, so nothing waits on it.
+            watch
+                .subscribed
+                .iter()
+                .filter(|n| {
+                    !present.contains(*n) && (watch.known.contains_key(*n) || force.contains(*n) || always)
+                })
+                .cloned()
+                .collect()
+        };
+        removed.sort();
+        for n in &removed {
+            pending.insert(n.clone(), None);
+        }
+        if resources.is_empty() && removed.is_empty() && !always {
+            return BTreeSet::new();
+        }
+        let sent: BTreeSet<String> = resources.iter().map(|r| r.name.clone()).collect();
+        watch.pending = pending;
+        self.send(type_url, resources, removed);
+        sent
+    }
+
+    fn send(
+        &mut self,
+        type_url: &str,
+        resources: Vec<crate::pb::envoy::service::discovery::v3::Resource>,
+        removed: Vec<String>,
+    ) {
+        self.nonce_seq += 1;
+        let nonce = format!("{:016x}{:04x}", fastrand::u64(..), self.nonce_seq & 0xffff);
+        let version = lock(&self.shared.version).clone();
+        let count = resources.len();
+        if let Some(w) = self.types.get_mut(type_url) {
+            w.sent_nonce = Some(nonce.clone());
+        }
+        count_push(&self.shared, type_url);
+        update_sync(&self.shared, self.id, type_url, |t| {
+            t.sent_nonce = Some(nonce.clone());
+            t.sent_version = Some(version.clone());
+        });
+        tracing::debug!(node = %self.node_id, r#type = short_type(type_url), count, removed = removed.len(), "delta push");
+        let _ = self.out.send(Ok(DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources,
+            type_url: type_url.to_owned(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        }));
     }
 }
 

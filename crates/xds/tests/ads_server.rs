@@ -13,7 +13,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use xds::pb::envoy::config::core::v3::Node;
 use xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use xds::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use xds::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use xds::pb::google::protobuf::Any;
 use xds::pb::google::rpc::Status;
 use xds::server::{
@@ -307,4 +309,138 @@ async fn pushes_are_debounced_and_nodes_are_checked() {
         h.ads.sync_status().is_empty(),
         "disconnected proxies are forgotten"
     );
+}
+
+// === Delta ===
+
+struct DeltaProxy {
+    tx: mpsc::UnboundedSender<DeltaDiscoveryRequest>,
+    rx: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+impl DeltaProxy {
+    async fn connect(addr: std::net::SocketAddr) -> DeltaProxy {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: NODE.into(),
+                ..Default::default()
+            }),
+            type_url: CLUSTER_TYPE.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let resp = client
+            .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
+            .await
+            .unwrap();
+        DeltaProxy {
+            tx,
+            rx: resp.into_inner(),
+        }
+    }
+
+    async fn next(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.next())
+            .await
+            .expect("a response")
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn nothing(&mut self) {
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), self.rx.next()).await {
+            panic!("unexpected response: {r:?}");
+        }
+    }
+
+    fn reply(&self, r: &DeltaDiscoveryResponse, error: Option<&str>, subscribe: &[&str]) {
+        self.tx
+            .send(DeltaDiscoveryRequest {
+                type_url: r.type_url.clone(),
+                response_nonce: r.nonce.clone(),
+                resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+                error_detail: error.map(|e| Status {
+                    code: 3,
+                    message: e.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+}
+
+fn delta_contents(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    r.resources
+        .iter()
+        .map(|res| String::from_utf8(res.resource.as_ref().unwrap().value.clone()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn delta_sends_only_what_changed() {
+    let h = start().await;
+    let mut p = DeltaProxy::connect(h.addr).await;
+    let cds = p.next().await;
+    assert_eq!(delta_contents(&cds), ["a1", "b1"]);
+    assert!(cds.resources.iter().all(|r| r.version.len() == 16));
+    p.reply(&cds, None, &[]);
+    // EDS: one known and one unknown name; the unknown one is reported removed.
+    p.tx.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT_TYPE.into(),
+        resource_names_subscribe: vec!["a".into(), "nope".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let eds = p.next().await;
+    assert_eq!(delta_contents(&eds), ["ea1"]);
+    assert_eq!(eds.removed_resources, ["nope"]);
+    p.reply(&eds, None, &[]);
+
+    // One cluster changes: only it is sent (no EDS: nothing subscribes to b's endpoints).
+    h.fake.set(CLUSTER_TYPE, "b", "b2");
+    h.ads.pusher().push(PushScope::Full);
+    let cds2 = p.next().await;
+    assert_eq!(delta_contents(&cds2), ["b2"]);
+    assert!(cds2.removed_resources.is_empty());
+    p.reply(&cds2, None, &[]);
+    p.nothing().await;
+
+    // A removal.
+    h.fake
+        .resources
+        .lock()
+        .unwrap()
+        .retain(|(t, n, _)| !(*t == CLUSTER_TYPE && n == "b"));
+    h.ads.pusher().push(PushScope::Full);
+    let cds3 = p.next().await;
+    assert!(cds3.resources.is_empty());
+    assert_eq!(cds3.removed_resources, ["b"]);
+    p.reply(&cds3, None, &[]);
+
+    // A rejected change is not sent again until it changes.
+    h.fake.set(CLUSTER_TYPE, "a", "a-bad");
+    h.ads.pusher().push(PushScope::Full);
+    let bad = p.next().await;
+    assert_eq!(delta_contents(&bad), ["a-bad"]);
+    // The endpoints of a changed cluster follow it, so a re-created cluster can warm.
+    let eds_after = p.next().await;
+    assert_eq!(eds_after.type_url, ENDPOINT_TYPE);
+    assert_eq!(delta_contents(&eds_after), ["ea1"]);
+    p.reply(&eds_after, None, &[]);
+    p.reply(&bad, Some("cluster a: invalid"), &[]);
+    h.ads.pusher().push(PushScope::Full);
+    p.nothing().await;
+    h.fake.set(CLUSTER_TYPE, "a", "a-good");
+    h.ads.pusher().push(PushScope::Full);
+    let good = p.next().await;
+    assert_eq!(delta_contents(&good), ["a-good"]);
+    p.reply(&good, None, &[]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = &h.ads.sync_status()[0];
+    assert_eq!(status.status("cds"), "SYNCED");
 }
