@@ -1,5 +1,6 @@
-//! The management-server side of Envoy's aggregated discovery service (ADS, state of the world),
-//! as istiod serves it on 15010: one gRPC stream per proxy carrying CDS, EDS, LDS and RDS.
+//! The management-server side of Envoy's aggregated discovery service (ADS), as istiod serves it
+//! on 15010: one gRPC stream per proxy carrying CDS, EDS, LDS and RDS, state of the world
+//! (`StreamAggregatedResources`) or incremental (`DeltaAggregatedResources`).
 //!
 //! What the resources are is not decided here: a [`Generator`] builds them per proxy. This module
 //! does the protocol: versions and nonces, ACK/NACK bookkeeping (a rejected resource is not sent
