@@ -23,6 +23,9 @@ pub enum Command {
     /// Kubernetes install manifests.
     #[command(subcommand)]
     Manifest(Manifest),
+    /// The local mesh: run manifests as a sidecar mesh of network namespaces on this machine.
+    #[command(subcommand)]
+    Local(crate::local_cmd::Local),
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,7 @@
 //! `skiffctl`: the operator's tool (istioctl's counterpart).
 
 mod cli;
+mod local_cmd;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -31,6 +32,13 @@ fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
+        cli::Command::Local(l) => {
+            let code = local_cmd::run(l)?;
+            if code != 0 {
+                std::process::exit(i32::from(code));
+            }
+            Ok(())
+        }
         cli::Command::KubeInject(k) => {
             let input = read_input(&k.filename)?;
             let (out, warnings) = inject::manifest::kube_inject(&input, &k.settings)
