@@ -311,8 +311,12 @@ fn from_endpoints(e: &Endpoints, ns: &str, pods: &BTreeMap<(String, String), Arc
 /// Endpoints from the ready pods a Service selects (what the endpoints controller would write).
 fn from_pods(svc: &ServiceInfo, pods: &BTreeMap<(String, String), Arc<Pod>>) -> Vec<Endpoint> {
     let mut out = Vec::new();
-    for ((ns, _), pod) in pods {
-        if *ns != svc.namespace || !svc.selects(&pod.metadata.labels) || !pod.is_ready() {
+    // Pods are keyed by (namespace, name): only this namespace's range is looked at.
+    for ((ns, _), pod) in pods.range((svc.namespace.clone(), String::new())..) {
+        if *ns != svc.namespace {
+            break;
+        }
+        if !svc.selects(&pod.metadata.labels) || !pod.is_ready() {
             continue;
         }
         let Some(ip) = pod.ip() else { continue };

@@ -704,14 +704,45 @@ impl<G: Generator> Connection<G> {
                 }
             }
             PushScope::Endpoints(clusters) => {
-                let watched = self
+                let names: Vec<String> = self
                     .types
                     .get(ENDPOINT_TYPE)
-                    .is_some_and(|w| w.names.iter().any(|n| clusters.contains(n)));
-                if watched {
-                    self.respond(ENDPOINT_TYPE, false);
+                    .map(|w| {
+                        w.names
+                            .iter()
+                            .filter(|n| clusters.contains(*n))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !names.is_empty() {
+                    self.respond_changed_endpoints(names);
                 }
             }
+        }
+    }
+
+    /// Sends only the named load assignments that changed (state-of-the-world EDS may carry a
+    /// subset: what is not in a response stays as the proxy has it).
+    fn respond_changed_endpoints(&mut self, names: Vec<String>) {
+        let generated = self.shared.generator.generate(&self.proxy, ENDPOINT_TYPE, &names);
+        let watch = self.types.entry(ENDPOINT_TYPE.to_owned()).or_default();
+        let mut out = Vec::new();
+        for r in generated {
+            let digest = r.digest();
+            if watch.rejected.get(&r.name) == Some(&digest) {
+                continue;
+            }
+            watch.rejected.remove(&r.name);
+            if watch.sent.get(&r.name).map(|s| s.0) == Some(digest) {
+                continue;
+            }
+            watch.sent.insert(r.name.clone(), (digest, r.body.clone()));
+            out.push((*r.body).clone());
+        }
+        if !out.is_empty() {
+            let version = lock(&self.shared.version).clone();
+            self.send(ENDPOINT_TYPE, out, Some(version));
         }
     }
 
@@ -962,7 +993,7 @@ impl<G: Generator> DeltaConnection<G> {
                     .get(ENDPOINT_TYPE)
                     .is_some_and(|w| w.subscribed.iter().any(|n| clusters.contains(n)));
                 if watched {
-                    self.respond(ENDPOINT_TYPE, &BTreeSet::new(), false);
+                    self.respond_only(ENDPOINT_TYPE, &BTreeSet::new(), false, Some(clusters));
                 }
             }
         }
@@ -972,13 +1003,24 @@ impl<G: Generator> DeltaConnection<G> {
     /// if unchanged; `always` answers even with nothing (a first request waits for an answer).
     /// Returns the names sent.
     fn respond(&mut self, type_url: &str, force: &BTreeSet<String>, always: bool) -> BTreeSet<String> {
+        self.respond_only(type_url, force, always, None)
+    }
+
+    /// Like [`DeltaConnection::respond`], looking only at `only` (an endpoint push's clusters).
+    fn respond_only(
+        &mut self,
+        type_url: &str,
+        force: &BTreeSet<String>,
+        always: bool,
+        only: Option<&BTreeSet<String>>,
+    ) -> BTreeSet<String> {
         let Some(watch) = self.types.get(type_url) else {
             return BTreeSet::new();
         };
-        let names: Vec<String> = if watch.wildcard {
-            Vec::new()
-        } else {
-            watch.subscribed.iter().cloned().collect()
+        let names: Vec<String> = match only {
+            Some(only) if !watch.wildcard => watch.subscribed.intersection(only).cloned().collect(),
+            _ if watch.wildcard => Vec::new(),
+            _ => watch.subscribed.iter().cloned().collect(),
         };
         if !watch.wildcard && names.is_empty() && !always {
             return BTreeSet::new();
@@ -1010,7 +1052,12 @@ impl<G: Generator> DeltaConnection<G> {
                 ..Default::default()
             });
         }
-        let mut removed: Vec<String> = if watch.wildcard {
+        let mut removed: Vec<String> = if let Some(only) = only {
+            only.iter()
+                .filter(|n| watch.known.contains_key(*n) && !present.contains(*n))
+                .cloned()
+                .collect()
+        } else if watch.wildcard {
             watch
                 .known
                 .keys()

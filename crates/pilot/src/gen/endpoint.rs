@@ -121,6 +121,7 @@ fn assignment(ctx: &Context<'_>, svc: &ServiceInfo, port: &ServicePort) -> endpo
 /// The assignments for `names` (all EDS clusters when empty), skipping names that are not EDS
 /// clusters of a known Service.
 pub fn endpoints(ctx: &Context<'_>, names: &[String]) -> Vec<endpoint::ClusterLoadAssignment> {
+    let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
     let mut out = Vec::new();
     for svc in ctx.services() {
         if svc.vip.is_none() {
@@ -131,7 +132,7 @@ pub fn endpoints(ctx: &Context<'_>, names: &[String]) -> Vec<endpoint::ClusterLo
                 continue;
             }
             let name = outbound_cluster_name(port.port, &svc.hostname);
-            if names.is_empty() || names.contains(&name) {
+            if wanted.is_empty() || wanted.contains(name.as_str()) {
                 out.push(assignment(ctx, svc, port));
             }
         }
