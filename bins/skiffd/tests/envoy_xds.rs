@@ -331,6 +331,7 @@ fn scenario(api_type: &str) {
         cmd.arg("--config-dir")
             .arg(&dir)
             .args(["--config-poll-ms", "100", "--log_output_level", "default:debug"])
+            .args(["--access-log-file", "/dev/stdout"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -439,6 +440,27 @@ fn scenario(api_type: &str) {
     assert!(
         peer.starts_with("127.0.0.6:"),
         "nginx's sidecar connects from 127.0.0.6: {peer}"
+    );
+    // Both sidecars logged it in Istio's format (mesh accessLogFile /dev/stdout).
+    let outbound = client
+        .wait_log_lines(1)
+        .into_iter()
+        .find(|l| l.contains("outbound|80||nginx.sidecar.svc.cluster.local"))
+        .unwrap_or_else(|| panic!("{:?}", client.stdout()));
+    assert!(outbound.contains("\"GET / HTTP/1.1\" 200"), "{outbound}");
+    assert!(outbound.ends_with(" default"), "route name: {outbound}");
+    assert!(
+        outbound.contains(&format!("{NGINX_VIP}:80")),
+        "original destination: {outbound}"
+    );
+    let inbound = server
+        .wait_log_lines(1)
+        .into_iter()
+        .find(|l| l.contains("inbound|80||"))
+        .unwrap_or_else(|| panic!("{:?}", server.stdout()));
+    assert!(
+        inbound.contains(" 127.0.0.6:"),
+        "upstream local address: {inbound}"
     );
     let (name, _) = call(&toolbox, NGINX_VIP, "httpbin.sidecar.svc.cluster.local").unwrap();
     assert_eq!(name, "httpbin", "routed by Host, not by the dialed VIP");
