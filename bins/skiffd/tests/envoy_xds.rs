@@ -127,8 +127,11 @@ fn write_config(dir: &Path, toolbox: &Pod, nginx: &Pod, httpbin: Ipv4Addr) {
     std::fs::write(
         dir.join("sidecar.yaml"),
         format!(
-            "{}---\n{}---\n{}",
+            "{}---\n{}---\n{}---\n{}",
             service_yaml("nginx", NGINX_VIP),
+            // A TCP port (by name) on httpbin's pods: a VIP_PORT listener with tcp_proxy.
+            "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: sidecar}\n\
+             spec: {clusterIP: 198.19.0.12, selector: {app: httpbin}, ports: [{name: tcp-db, port: 5432}]}\n",
             pod_yaml("nginx", nginx.ip),
             pod_yaml("toolbox", toolbox.ip)
         ),
@@ -378,6 +381,7 @@ fn scenario(api_type: &str) {
         "0.0.0.0_80",
         "10.96.0.10_53",
         "10.96.0.10_9153",
+        "198.19.0.12_5432",
     ] {
         assert!(names.contains(&n), "{n} in {names:?}");
     }
@@ -441,6 +445,20 @@ fn scenario(api_type: &str) {
         peer.starts_with("127.0.0.6:"),
         "nginx's sidecar connects from 127.0.0.6: {peer}"
     );
+    // TCP through `198.19.0.12_5432` (tcp_proxy → outbound|5432||db.sidecar.svc.cluster.local).
+    let db = httpbin.run(|| std::net::TcpListener::bind("0.0.0.0:5432").unwrap());
+    let db_server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut c, _) = testkit::net::accept_within(&db, Duration::from_secs(10)).expect("a TCP connection");
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).unwrap();
+        c.write_all(&b).unwrap();
+    });
+    let target = SocketAddr::from((Ipv4Addr::new(198, 19, 0, 12), 5432));
+    let reply = toolbox.run(move || testkit::net::request(target, b"ping", Duration::from_secs(5)).unwrap());
+    assert_eq!(reply, b"ping");
+    db_server.join().unwrap();
+
     // Both sidecars logged it in Istio's format (mesh accessLogFile /dev/stdout).
     let outbound = client
         .wait_log_lines(1)
