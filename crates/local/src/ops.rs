@@ -162,7 +162,13 @@ fn wait_ready(
             last = line;
         }
         if st.observed_generation >= generation && !st.pods.is_empty() && ready == st.pods.len() {
-            return Ok(st);
+            if st.converged {
+                return Ok(st);
+            }
+            if last != "converging" {
+                progress("all pods ready; waiting for skiffd and the sidecars to hold every endpoint");
+                last = "converging".into();
+            }
         }
         if Instant::now() > deadline {
             let waiting: Vec<String> = st

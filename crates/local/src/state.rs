@@ -106,6 +106,10 @@ pub struct State {
     pub supervisor_pid: Option<u32>,
     /// Manifests generation the supervisor has applied (`up` waits for it).
     pub observed_generation: u64,
+    /// True once skiffd holds every ready endpoint and every sidecar has acknowledged it: what
+    /// `up` waits for, so the first request after it finds its endpoint.
+    #[serde(default)]
+    pub converged: bool,
     /// Errors of the last reconcile (bad manifests keep the previous state running).
     pub errors: Vec<String>,
     /// Notes for the user (image substitutions), said once.
@@ -129,6 +133,7 @@ impl State {
             switch_netns: format!("{name}-node"),
             supervisor_pid: None,
             observed_generation: 0,
+            converged: false,
             errors: Vec::new(),
             notes: Vec::new(),
             pods: Vec::new(),

@@ -242,16 +242,96 @@ struct ProbeResult {
     ok: bool,
 }
 
-/// Runs probes from the node's network namespace on its own threads, as the kubelet probes
-/// pod IPs from the node.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs probes (and other requests to pod IPs) from the node's network namespace on their own
+/// threads, as the kubelet probes pods from the node.
 struct Prober {
-    tx: mpsc::Sender<(String, usize, Ipv4Addr, String, ProbeSpec)>,
+    tx: mpsc::Sender<Job>,
+    results: mpsc::Sender<ProbeResult>,
     rx: mpsc::Receiver<ProbeResult>,
 }
 
 impl Prober {
+    fn probe(&self, pod: String, container: usize, ip: Ipv4Addr, netns: String, spec: ProbeSpec) {
+        let res = self.results.clone();
+        let _ = self.tx.send(Box::new(move || {
+            let ok = run_probe(&spec, ip, &netns);
+            let _ = res.send(ProbeResult { pod, container, ok });
+        }));
+    }
+
+    fn run(&self, job: Job) {
+        let _ = self.tx.send(job);
+    }
+}
+
+/// A plain HTTP/1.1 GET from the calling thread's namespace; the body on 200.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// What the mesh should look like to skiffd once it has caught up.
+struct Expected {
+    /// Service hostname → ready endpoint IPs.
+    endpoints: BTreeMap<String, BTreeSet<String>>,
+    /// `pod.namespace` of every ready pod with a sidecar.
+    proxies: BTreeSet<String>,
+}
+
+/// Whether skiffd's registry and its proxies' sync state match `expected`.
+fn converged(istiod: std::net::SocketAddr, expected: &Expected) -> bool {
+    let Some(registry) =
+        http_get(istiod, "/debug/registryz").and_then(|b| serde_json::from_str::<Value>(&b).ok())
+    else {
+        return false;
+    };
+    let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in registry["services"].as_array().into_iter().flatten() {
+        let ips = s["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some(e.as_str()?.rsplit_once(':')?.0.to_owned()));
+        held.entry(s["hostname"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .extend(ips);
+    }
+    if expected
+        .endpoints
+        .iter()
+        .any(|(h, ips)| held.get(h).cloned().unwrap_or_default() != *ips)
+    {
+        return false;
+    }
+    let Some(sync) = http_get(istiod, "/debug/syncz").and_then(|b| serde_json::from_str::<Value>(&b).ok())
+    else {
+        return false;
+    };
+    let synced: BTreeSet<String> = sync
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| ["cds", "lds", "eds", "rds"].iter().all(|t| p[*t] == "SYNCED"))
+        .filter_map(|p| p["proxy"].as_str().map(str::to_owned))
+        .collect();
+    expected.proxies.is_subset(&synced)
+}
+
+impl Prober {
     fn start(node: &str) -> Result<Prober> {
-        let (job_tx, job_rx) = mpsc::channel::<(String, usize, Ipv4Addr, String, ProbeSpec)>();
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
         let (res_tx, res_rx) = mpsc::channel();
         let path = Path::new("/run/netns").join(node);
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -260,18 +340,15 @@ impl Prober {
                 nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(anyhow::Error::from)
             });
             let _ = ready_tx.send(entered.map_err(|e| e.to_string()));
-            for (pod, container, ip, netns, spec) in job_rx {
-                let res_tx = res_tx.clone();
+            for job in job_rx {
                 // Threads inherit this thread's network namespace.
-                let _ = std::thread::Builder::new().name("probe".into()).spawn(move || {
-                    let ok = run_probe(&spec, ip, &netns);
-                    let _ = res_tx.send(ProbeResult { pod, container, ok });
-                });
+                let _ = std::thread::Builder::new().name("probe".into()).spawn(job);
             }
         })?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Prober {
                 tx: job_tx,
+                results: res_tx,
                 rx: res_rx,
             }),
             Ok(Err(e)) => bail!("cannot enter the node namespace {node}: {e}"),
@@ -337,11 +414,21 @@ pub struct Supervisor {
     kube_proxy: String,
     hosts: BTreeMap<String, String>,
     dirty: bool,
+    /// Bumped whenever what skiffd should see changes; convergence results for older ones are
+    /// stale.
+    publish_gen: u64,
+    checks: (mpsc::Sender<(u64, bool)>, mpsc::Receiver<(u64, bool)>),
+    check_in_flight: bool,
+    next_check: Instant,
+    streak: u32,
 }
 
 fn settings() -> inject::Settings {
     // The control plane runs as `istiod` in the local mesh, as in the seeds.
-    inject::Settings { discovery_service: "istiod".into(), ..Default::default() }
+    inject::Settings {
+        discovery_service: "istiod".into(),
+        ..Default::default()
+    }
 }
 
 impl Supervisor {
@@ -365,6 +452,11 @@ impl Supervisor {
             kube_proxy: String::new(),
             hosts: BTreeMap::new(),
             dirty: true,
+            publish_gen: 0,
+            checks: mpsc::channel(),
+            check_in_flight: false,
+            next_check: Instant::now(),
+            streak: 0,
         };
         std::fs::create_dir_all(s.registry_dir())?;
         s.save();
@@ -794,6 +886,7 @@ impl Supervisor {
             }
         }
         self.update_readiness();
+        self.check_convergence(now);
         if self.dirty {
             self.save();
         }
@@ -970,10 +1063,8 @@ impl Supervisor {
                     if !p.in_flight && p.next_at.is_none_or(|t| now >= t) {
                         p.in_flight = true;
                         p.next_at = Some(now + Duration::from_millis(spec.period_ms));
-                        let _ =
-                            self.prober
-                                .tx
-                                .send((key.clone(), i, pod.ip, pod.netns.clone(), spec.clone()));
+                        self.prober
+                            .probe(key.clone(), i, pod.ip, pod.netns.clone(), spec.clone());
                     }
                 }
             }
@@ -1152,8 +1243,71 @@ impl Supervisor {
         self.state.services = services;
     }
 
+    /// Asks skiffd (from the node) whether it and its proxies have caught up with the mesh.
+    fn check_convergence(&mut self, now: Instant) {
+        while let Ok((generation, ok)) = self.checks.1.try_recv() {
+            self.check_in_flight = false;
+            if generation != self.publish_gen {
+                continue;
+            }
+            self.streak = if ok { self.streak + 1 } else { 0 };
+            // Twice in a row, a debounce apart: a push in flight would have shown as STALE.
+            let converged = self.streak >= 2;
+            if converged != self.state.converged {
+                self.state.converged = converged;
+                self.dirty = true;
+            }
+        }
+        if self.check_in_flight || self.state.converged || now < self.next_check {
+            return;
+        }
+        let Some(istiod) = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.system && p.owner.as_deref() == Some("istiod") && p.ready)
+        else {
+            return;
+        };
+        let addr = std::net::SocketAddr::from((istiod.ip, 15014));
+        let mut endpoints: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for rule in self.service_rules() {
+            let Some((ns_name, _)) = rule.name.rsplit_once(':') else {
+                continue;
+            };
+            let Some((ns, name)) = ns_name.split_once('/') else {
+                continue;
+            };
+            endpoints
+                .entry(format!("{name}.{ns}.svc.cluster.local"))
+                .or_default()
+                .extend(rule.endpoints.iter().map(|(ip, _)| ip.to_string()));
+        }
+        let proxies = self
+            .state
+            .pods
+            .iter()
+            .filter(|p| p.ready && p.sidecar.is_some())
+            .map(|p| format!("{}.{}", p.name, p.namespace))
+            .collect();
+        let expected = Expected { endpoints, proxies };
+        let tx = self.checks.0.clone();
+        let generation = self.publish_gen;
+        self.check_in_flight = true;
+        self.next_check = now + Duration::from_millis(300);
+        self.prober.run(Box::new(move || {
+            let _ = tx.send((generation, converged(addr, &expected)));
+        }));
+    }
+
     /// Everything that follows from pods and services: registry files, kube-proxy, names.
     fn publish(&mut self) {
+        self.publish_gen += 1;
+        self.streak = 0;
+        if self.state.converged {
+            self.state.converged = false;
+            self.dirty = true;
+        }
         if let Err(e) = self.write_registry() {
             error!("writing the registry: {e:#}");
         }
