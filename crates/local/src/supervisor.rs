@@ -244,6 +244,9 @@ struct ProbeResult {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// (publish generation it was made for, converged).
+type CheckResult = (u64, bool);
+
 /// Runs probes (and other requests to pod IPs) from the node's network namespace on their own
 /// threads, as the kubelet probes pods from the node.
 struct Prober {
@@ -417,7 +420,7 @@ pub struct Supervisor {
     /// Bumped whenever what skiffd should see changes; convergence results for older ones are
     /// stale.
     publish_gen: u64,
-    checks: (mpsc::Sender<(u64, bool)>, mpsc::Receiver<(u64, bool)>),
+    checks: (mpsc::Sender<CheckResult>, mpsc::Receiver<CheckResult>),
     check_in_flight: bool,
     next_check: Instant,
     streak: u32,
