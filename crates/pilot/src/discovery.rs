@@ -1,9 +1,12 @@
 //! The control plane's `xds::server::Generator`: the current snapshot, translated per proxy.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use xds::pb::envoy::config::cluster::v3::Cluster;
 use xds::pb::envoy::config::core::v3::Node;
+use xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds::server::{Generator, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 
 use crate::gen::{self, Context, MeshConfig};
@@ -12,24 +15,62 @@ use crate::snapshot::Snapshot;
 
 /// Holds the latest snapshot; every push generates from it.
 pub struct Discovery {
-    snapshot: RwLock<Arc<Snapshot>>,
+    current: RwLock<Arc<Generation>>,
     mesh: MeshConfig,
+}
+
+/// One snapshot and the resources that are the same for many proxies, built on first use and
+/// shared (as `Arc`s, also by the ADS server's per-proxy state) until the next snapshot.
+#[derive(Default)]
+struct Generation {
+    snap: Arc<Snapshot>,
+    clusters: Mutex<Option<Arc<Vec<Resource>>>>,
+    endpoints: Mutex<Option<Arc<HashMap<String, Resource>>>>,
+    /// Route configurations by (proxy namespace, name): domains depend on the namespace only.
+    routes: Mutex<HashMap<(String, String), Resource>>,
+}
+
+fn cluster_resource(c: &Cluster) -> Resource {
+    let digest = gen::digest(c, |c| c.metadata.take().into_iter().collect());
+    Resource::with_digest(c.name.clone(), gen::any(c), digest)
+}
+
+fn endpoint_resource(e: &ClusterLoadAssignment) -> Resource {
+    let digest = gen::digest(e, |e| {
+        e.endpoints
+            .iter_mut()
+            .flat_map(|l| l.lb_endpoints.iter_mut())
+            .filter_map(|lb| lb.metadata.take())
+            .collect()
+    });
+    Resource::with_digest(e.cluster_name.clone(), gen::any(e), digest)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Discovery {
     pub fn new(mesh: MeshConfig) -> Discovery {
         Discovery {
-            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            current: RwLock::new(Arc::new(Generation::default())),
             mesh,
         }
     }
 
     pub fn update(&self, snap: Arc<Snapshot>) {
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Generation {
+            snap,
+            ..Default::default()
+        });
+    }
+
+    fn current(&self) -> Arc<Generation> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current().snap.clone()
     }
 
     pub fn mesh(&self) -> &MeshConfig {
@@ -38,9 +79,9 @@ impl Discovery {
 
     /// The resources of one type for one proxy (what a push sends).
     pub fn resources(&self, proxy: &Proxy, type_url: &str, names: &[String]) -> Vec<Resource> {
-        let snap = self.snapshot();
+        let generation = self.current();
         let ctx = Context {
-            snap: &snap,
+            snap: &generation.snap,
             proxy,
             mesh: &self.mesh,
         };
@@ -49,18 +90,64 @@ impl Discovery {
                 .iter()
                 .map(|l| Resource::new(l.name.clone(), gen::any(l)))
                 .collect(),
-            CLUSTER_TYPE => gen::cluster::clusters(&ctx)
-                .iter()
-                .map(|c| Resource::new(c.name.clone(), gen::any(c)))
-                .collect(),
-            ROUTE_TYPE => gen::route::routes(&ctx, names)
-                .iter()
-                .map(|r| Resource::new(r.name.clone(), gen::any(r)))
-                .collect(),
-            ENDPOINT_TYPE => gen::endpoint::endpoints(&ctx, names)
-                .iter()
-                .map(|e| Resource::new(e.cluster_name.clone(), gen::any(e)))
-                .collect(),
+            CLUSTER_TYPE => {
+                let shared = lock(&generation.clusters)
+                    .get_or_insert_with(|| {
+                        Arc::new(
+                            gen::cluster::shared_clusters(&ctx)
+                                .iter()
+                                .map(cluster_resource)
+                                .collect(),
+                        )
+                    })
+                    .clone();
+                let mut out: Vec<Resource> = shared.iter().cloned().collect();
+                out.extend(gen::cluster::inbound_clusters(&ctx).iter().map(cluster_resource));
+                out
+            }
+            ROUTE_TYPE => {
+                let names = if names.is_empty() {
+                    gen::listener::rds_names(&ctx)
+                } else {
+                    names.to_vec()
+                };
+                let mut cache = lock(&generation.routes);
+                let mut out = Vec::with_capacity(names.len());
+                let mut missing = Vec::new();
+                for n in &names {
+                    match cache.get(&(proxy.namespace.clone(), n.clone())) {
+                        Some(r) => out.push(r.clone()),
+                        None => missing.push(n.clone()),
+                    }
+                }
+                if !missing.is_empty() {
+                    for r in gen::route::routes(&ctx, &missing) {
+                        let res = Resource::new(r.name.clone(), gen::any(&r));
+                        cache.insert((proxy.namespace.clone(), r.name.clone()), res.clone());
+                        out.push(res);
+                    }
+                }
+                out
+            }
+            ENDPOINT_TYPE => {
+                let all = lock(&generation.endpoints)
+                    .get_or_insert_with(|| {
+                        Arc::new(
+                            gen::endpoint::endpoints(&ctx, &[])
+                                .iter()
+                                .map(|e| (e.cluster_name.clone(), endpoint_resource(e)))
+                                .collect(),
+                        )
+                    })
+                    .clone();
+                if names.is_empty() {
+                    let mut out: Vec<Resource> = all.values().cloned().collect();
+                    out.sort_by(|a, b| a.name.cmp(&b.name));
+                    out
+                } else {
+                    names.iter().filter_map(|n| all.get(n).cloned()).collect()
+                }
+            }
             _ => Vec::new(),
         }
     }
@@ -75,5 +162,96 @@ impl Generator for Discovery {
 
     fn generate(&self, proxy: &Proxy, type_url: &str, names: &[String]) -> Vec<Resource> {
         self.resources(proxy, type_url, names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Event, Store};
+
+    fn snapshot() -> Arc<Snapshot> {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\n\
+                    spec: {clusterIP: 198.19.0.1, selector: {app: web}, ports: [{name: http, port: 80}]}\n---\n\
+                    apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: a, labels: {app: web}}\n\
+                    status: {podIP: 198.18.0.5}\n";
+        let mut store = Store::default();
+        for o in crate::model::parse_manifests(std::path::Path::new("t.yaml"), text).unwrap() {
+            store.apply(Event::Added(Arc::new(o)));
+        }
+        store.apply(Event::Synced);
+        store.rebuild()
+    }
+
+    #[test]
+    fn digests_ignore_map_encoding_order() {
+        let d = Discovery::new(MeshConfig::default());
+        d.update(snapshot());
+        let p = Proxy::sidecar("198.18.0.6".parse().unwrap(), "client", "b");
+        let first = d.resources(&p, CLUSTER_TYPE, &[]);
+        let first_eds = d.resources(&p, ENDPOINT_TYPE, &[]);
+        for _ in 0..5 {
+            d.update(snapshot());
+            let again = d.resources(&p, CLUSTER_TYPE, &[]);
+            assert_eq!(
+                first.iter().map(|r| r.digest).collect::<Vec<_>>(),
+                again.iter().map(|r| r.digest).collect::<Vec<_>>()
+            );
+            let again = d.resources(&p, ENDPOINT_TYPE, &[]);
+            assert_eq!(first_eds[0].digest, again[0].digest);
+        }
+    }
+
+    #[test]
+    fn shared_resources_equal_direct_generation_and_are_shared() {
+        let d = Discovery::new(MeshConfig::default());
+        d.update(snapshot());
+        let web = Proxy::sidecar("198.18.0.5".parse().unwrap(), "web-1", "a");
+        let other = Proxy::sidecar("198.18.0.6".parse().unwrap(), "client", "b");
+        let snap = d.snapshot();
+        let mesh = MeshConfig::default();
+        for proxy in [&web, &other] {
+            let ctx = Context {
+                snap: &snap,
+                proxy,
+                mesh: &mesh,
+            };
+            // Compared decoded: protobuf maps (metadata) encode in hash order.
+            let direct = gen::cluster::clusters(&ctx);
+            let cached: Vec<Cluster> = d
+                .resources(proxy, CLUSTER_TYPE, &[])
+                .iter()
+                .map(|r| prost::Message::decode(r.body.value.as_slice()).unwrap())
+                .collect();
+            assert_eq!(direct, cached);
+            let direct: Vec<Vec<u8>> = gen::route::routes(&ctx, &[])
+                .iter()
+                .map(|r| gen::any(r).value)
+                .collect();
+            let cached: Vec<Vec<u8>> = d
+                .resources(proxy, ROUTE_TYPE, &[])
+                .iter()
+                .map(|r| r.body.value.clone())
+                .collect();
+            assert_eq!(direct, cached);
+        }
+        let a = d.resources(
+            &web,
+            ENDPOINT_TYPE,
+            &["outbound|80||web.a.svc.cluster.local".into()],
+        );
+        let b = d.resources(
+            &other,
+            ENDPOINT_TYPE,
+            &["outbound|80||web.a.svc.cluster.local".into()],
+        );
+        assert!(Arc::ptr_eq(&a[0].body, &b[0].body), "one copy for every proxy");
+        let a = d.resources(&web, CLUSTER_TYPE, &[]);
+        let b = d.resources(&other, CLUSTER_TYPE, &[]);
+        assert!(Arc::ptr_eq(&a[0].body, &b[0].body));
+        // A new snapshot starts afresh.
+        d.update(snapshot());
+        let c = d.resources(&other, CLUSTER_TYPE, &[]);
+        assert!(!Arc::ptr_eq(&b[0].body, &c[0].body));
     }
 }

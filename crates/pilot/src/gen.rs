@@ -66,6 +66,9 @@ impl<'a> Context<'a> {
     }
 }
 
+/// The Kubernetes cluster of every endpoint (`istio.workload` metadata; one cluster for now).
+pub const CLUSTER_ID: &str = "Kubernetes";
+
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughClusterIpv4";
@@ -84,6 +87,55 @@ pub fn any<M: prost::Message + prost::Name>(m: &M) -> Any {
     Any {
         type_url: format!("type.googleapis.com/{}", M::full_name()),
         value: m.encode_to_vec(),
+    }
+}
+
+/// A digest of a message that does not depend on the order protobuf maps happen to encode in:
+/// the message with its metadata maps emptied, plus those maps hashed in key order.
+pub fn digest<M: prost::Message + Clone>(m: &M, strip: impl FnOnce(&mut M) -> Vec<core::Metadata>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut m = m.clone();
+    let metadata = strip(&mut m);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.encode_to_vec().hash(&mut h);
+    for md in &metadata {
+        let mut keys: Vec<&String> = md.filter_metadata.keys().collect();
+        keys.sort();
+        for k in keys {
+            k.hash(&mut h);
+            hash_struct(&md.filter_metadata[k], &mut h);
+        }
+    }
+    h.finish()
+}
+
+fn hash_struct(s: &Struct, h: &mut impl std::hash::Hasher) {
+    use std::hash::Hash;
+    let mut keys: Vec<&String> = s.fields.keys().collect();
+    keys.sort();
+    for k in keys {
+        k.hash(h);
+        hash_value(&s.fields[k], h);
+    }
+}
+
+fn hash_value(v: &Value, h: &mut impl std::hash::Hasher) {
+    use std::hash::Hash;
+    match &v.kind {
+        Some(Kind::StructValue(s)) => {
+            1u8.hash(h);
+            hash_struct(s, h);
+        }
+        Some(Kind::ListValue(l)) => {
+            2u8.hash(h);
+            for v in &l.values {
+                hash_value(v, h);
+            }
+        }
+        other => {
+            3u8.hash(h);
+            prost::Message::encode_to_vec(&Value { kind: other.clone() }).hash(h);
+        }
     }
 }
 

@@ -69,21 +69,32 @@ fn is_wildcard(type_url: &str) -> bool {
 pub struct Resource {
     pub name: String,
     pub body: Arc<Any>,
+    /// Identity of the content: equal digests are not sent again. Protobuf maps encode in hash
+    /// order, so equal content can encode differently; generators whose messages carry maps with
+    /// several entries give a digest of the content with [`Resource::with_digest`].
+    pub digest: u64,
 }
 
 impl Resource {
+    /// A resource whose digest is that of its bytes.
     pub fn new(name: impl Into<String>, body: Any) -> Resource {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        body.type_url.hash(&mut h);
+        body.value.hash(&mut h);
+        let digest = h.finish();
+        Resource::with_digest(name, body, digest)
+    }
+
+    pub fn with_digest(name: impl Into<String>, body: Any, digest: u64) -> Resource {
         Resource {
             name: name.into(),
             body: Arc::new(body),
+            digest,
         }
     }
 
     fn digest(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.body.type_url.hash(&mut h);
-        self.body.value.hash(&mut h);
-        h.finish()
+        self.digest
     }
 }
 

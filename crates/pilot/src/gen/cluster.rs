@@ -182,6 +182,14 @@ fn inbound_bind() -> Option<core::BindConfig> {
 /// Every cluster of the proxy, in Istio's order: outbound, BlackHole, Passthrough, inbound,
 /// inbound passthrough.
 pub fn clusters(ctx: &Context<'_>) -> Vec<cluster::Cluster> {
+    let mut out = shared_clusters(ctx);
+    out.extend(inbound_clusters(ctx));
+    out
+}
+
+/// The clusters every sidecar gets alike (outbound, BlackHole, Passthrough): computed once per
+/// snapshot and shared.
+pub fn shared_clusters(ctx: &Context<'_>) -> Vec<cluster::Cluster> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for svc in ctx.services() {
@@ -206,6 +214,12 @@ pub fn clusters(ctx: &Context<'_>) -> Vec<cluster::Cluster> {
     let mut passthrough = original_dst(PASSTHROUGH, ctx);
     passthrough.typed_extension_protocol_options = passthrough_options();
     out.push(passthrough);
+    out
+}
+
+/// The proxy's own clusters: `inbound|PORT||` per workload port and the inbound passthrough.
+pub fn inbound_clusters(ctx: &Context<'_>) -> Vec<cluster::Cluster> {
+    let mut out = Vec::new();
     for ip in inbound_ports(ctx) {
         let mut c = original_dst(&super::inbound_cluster_name(ip.target_port), ctx);
         c.upstream_bind_config = inbound_bind();

@@ -80,7 +80,7 @@ pub fn workload_name(pod: &crate::model::Pod) -> String {
     }
 }
 
-fn assignment(ctx: &Context<'_>, svc: &ServiceInfo, port: &ServicePort) -> endpoint::ClusterLoadAssignment {
+fn assignment(svc: &ServiceInfo, port: &ServicePort) -> endpoint::ClusterLoadAssignment {
     let name = outbound_cluster_name(port.port, &svc.hostname);
     let mut lb_endpoints: Vec<endpoint::LbEndpoint> = svc
         .endpoints_for(port)
@@ -93,7 +93,7 @@ fn assignment(ctx: &Context<'_>, svc: &ServiceInfo, port: &ServicePort) -> endpo
                 },
             )),
             health_status: core::HealthStatus::Healthy as i32,
-            metadata: metadata(e, svc, &ctx.proxy.cluster_id),
+            metadata: metadata(e, svc, super::CLUSTER_ID),
             load_balancing_weight: u32_value(1),
         })
         .collect();
@@ -119,7 +119,7 @@ fn assignment(ctx: &Context<'_>, svc: &ServiceInfo, port: &ServicePort) -> endpo
 }
 
 /// The assignments for `names` (all EDS clusters when empty), skipping names that are not EDS
-/// clusters of a known Service.
+/// clusters of a known Service. They do not depend on the proxy, so they can be shared.
 pub fn endpoints(ctx: &Context<'_>, names: &[String]) -> Vec<endpoint::ClusterLoadAssignment> {
     let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
     let mut out = Vec::new();
@@ -133,7 +133,7 @@ pub fn endpoints(ctx: &Context<'_>, names: &[String]) -> Vec<endpoint::ClusterLo
             }
             let name = outbound_cluster_name(port.port, &svc.hostname);
             if wanted.is_empty() || wanted.contains(name.as_str()) {
-                out.push(assignment(ctx, svc, port));
+                out.push(assignment(svc, port));
             }
         }
     }
