@@ -17,6 +17,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// A proxy's configuration as istioctl shows it: listeners, routes, clusters, endpoints, ….
+    #[command(subcommand, name = "proxy-config", visible_alias = "pc")]
+    ProxyConfig(crate::proxy_cmd::ProxyConfig),
+    /// Each proxy's xDS sync state with the control plane (CDS, LDS, EDS, RDS, ECDS).
+    #[command(name = "proxy-status", visible_alias = "ps")]
+    ProxyStatus(crate::proxy_cmd::ProxyStatus),
     /// Inject the sidecar into the workloads of Kubernetes manifests (as `istioctl kube-inject`).
     #[command(name = "kube-inject")]
     KubeInject(KubeInject),
@@ -26,6 +32,8 @@ pub enum Command {
     /// The local mesh: run manifests as a sidecar mesh of network namespaces on this machine.
     #[command(subcommand)]
     Local(crate::local_cmd::Local),
+    /// Run the seed's sidecar walkthrough on this machine and show one request's path hop by hop.
+    Demo(crate::local_cmd::Demo),
 }
 
 #[derive(Args, Debug)]

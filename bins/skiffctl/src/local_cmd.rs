@@ -24,6 +24,20 @@ pub enum Local {
     Supervise(Name),
 }
 
+/// `skiffctl demo`.
+#[derive(Args, Debug)]
+pub struct Demo {
+    /// The sidecar proxy: `skiff`, or `envoy` to watch real Envoy carry the same request.
+    #[arg(long, default_value = "skiff")]
+    pub proxy: local::state::ProxyKind,
+}
+
+/// Runs the demo; a failure is reported after the mesh is torn down.
+pub fn demo(d: Demo) -> Result<u8> {
+    local::demo::run(d.proxy, &mut |line| println!("{line}"))?;
+    Ok(0)
+}
+
 #[derive(Args, Debug)]
 pub struct Name {
     /// The mesh's name: several meshes can run side by side.

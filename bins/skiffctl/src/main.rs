@@ -1,7 +1,9 @@
 //! `skiffctl`: the operator's tool (istioctl's counterpart).
 
+mod admin;
 mod cli;
 mod local_cmd;
+mod proxy_cmd;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -32,6 +34,10 @@ fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
+        cli::Command::Demo(d) => {
+            local_cmd::demo(d)?;
+            Ok(())
+        }
         cli::Command::Local(l) => {
             let code = local_cmd::run(l)?;
             if code != 0 {
@@ -39,6 +45,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        cli::Command::ProxyConfig(pc) => write_output(None, &proxy_cmd::proxy_config(pc)?),
+        cli::Command::ProxyStatus(ps) => write_output(None, &proxy_cmd::proxy_status(ps)?),
         cli::Command::KubeInject(k) => {
             let input = read_input(&k.filename)?;
             let (out, warnings) = inject::manifest::kube_inject(&input, &k.settings)

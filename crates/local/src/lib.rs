@@ -7,6 +7,7 @@
 //! [`ops`] is what the CLI calls; [`supervisor`] is the daemon `up` leaves running; [`kubelet`],
 //! [`net`] and [`envoy`] are its parts; [`state`] is the file everything else reads.
 
+pub mod demo;
 pub mod envoy;
 pub mod kubelet;
 pub mod manifest;

@@ -48,10 +48,7 @@ pub fn preflight() -> Result<()> {
         ("iptables-restore", "iptables"),
         ("setpriv", "util-linux"),
     ] {
-        if kubelet::which(tool).is_none()
-            && !Path::new("/usr/sbin").join(tool).exists()
-            && !Path::new("/sbin").join(tool).exists()
-        {
+        if kubelet::which(tool).is_none() {
             bail!("`{tool}` is missing: install {package} (apt-get install -y {package})");
         }
     }
@@ -133,6 +130,7 @@ fn wait_ready(
     let started = Instant::now();
     let deadline = started + timeout;
     let mut last = String::new();
+    let mut said_converging = false;
     loop {
         std::thread::sleep(Duration::from_millis(200));
         let st = state::load(dir)?;
@@ -165,9 +163,9 @@ fn wait_ready(
             if st.converged {
                 return Ok(st);
             }
-            if last != "converging" {
+            if !said_converging {
                 progress("all pods ready; waiting for skiffd and the sidecars to hold every endpoint");
-                last = "converging".into();
+                said_converging = true;
             }
         }
         if Instant::now() > deadline {
@@ -419,6 +417,24 @@ pub fn exec(
     Ok(status.code().unwrap_or(128 + 9))
 }
 
+/// Like [`exec`], capturing the command's output instead of using this terminal.
+pub fn exec_output(
+    name: &str,
+    namespace: &str,
+    target: &str,
+    command: &[&str],
+) -> Result<std::process::Output> {
+    let st = state::load(&state::mesh_dir(name))?;
+    let pod = st.find_pod(namespace, target)?;
+    Command::new("ip")
+        .args(["netns", "exec", &pod.netns])
+        .args(command)
+        .env("HOSTNAME", &pod.name)
+        .stdin(Stdio::null())
+        .output()
+        .context("running ip netns exec")
+}
+
 /// Path of a container's log (stdout and stderr, as the container runtime keeps them).
 pub fn log_path(name: &str, namespace: &str, target: &str, container: Option<&str>) -> Result<PathBuf> {
     let dir = state::mesh_dir(name);
@@ -441,6 +457,12 @@ pub fn log_path(name: &str, namespace: &str, target: &str, container: Option<&st
         .join(&pod.namespace)
         .join(&pod.name)
         .join(format!("{c}.log")))
+}
+
+/// A container's whole log as text.
+pub fn logs_text(name: &str, namespace: &str, target: &str, container: Option<&str>) -> Result<String> {
+    let path = log_path(name, namespace, target, container)?;
+    std::fs::read_to_string(&path).with_context(|| format!("no log yet at {}", path.display()))
 }
 
 /// `skiffctl local logs`: prints the log (the last `tail` lines), following it with `follow`.
