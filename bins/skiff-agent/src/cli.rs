@@ -30,6 +30,10 @@ pub enum Command {
     /// Wait until the local proxy reports ready (`pilot-agent wait`): the injected postStart
     /// hook that holds the app until the sidecar can carry its traffic.
     Wait(WaitArgs),
+    /// A small HTTP/1.1 + h2c demo app (nginx-style access log, httpbin-style paths), run by the
+    /// local mesh where a pod's image would be nginx or a demo server.
+    #[command(name = "demo-app")]
+    DemoApp(demo_app::DemoAppArgs),
 }
 
 #[derive(Args, Debug)]

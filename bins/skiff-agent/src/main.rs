@@ -22,5 +22,6 @@ fn main() -> ExitCode {
             std::time::Duration::from_millis(w.period_millis),
             std::time::Duration::from_millis(w.request_timeout_millis),
         )),
+        cli::Command::DemoApp(args) => ExitCode::from(demo_app::run(&args)),
     }
 }
