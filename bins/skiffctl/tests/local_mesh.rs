@@ -157,11 +157,20 @@ fn assert_gone(mesh: &Mesh, pids: &[u64]) {
     assert!(etc.is_empty(), "/etc/netns entries left: {etc:?}");
     for pid in pids {
         assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "process {pid} is still running"
+            !running(*pid),
+            "process {pid} is still running: {:?}",
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
         );
     }
     assert!(!mesh.dir.join(&mesh.name).exists(), "state left behind");
+}
+
+/// Alive and not a zombie (an orphan's zombie waits for whatever init this machine has).
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 fn all_pids(state: &Value) -> Vec<u64> {
@@ -377,4 +386,35 @@ fn bad_manifests_are_refused_with_the_field() {
         !mesh.dir.join(&mesh.name).join("state.json").exists(),
         "nothing is started for bad input"
     );
+}
+
+#[test]
+fn down_cleans_up_after_the_supervisor_crashed() {
+    let mesh = Mesh::new("crash");
+    mesh.ok(&[
+        "up",
+        "-f",
+        example("sidecar").to_str().unwrap(),
+        "-n",
+        "sidecar",
+        "--timeout",
+        "90",
+    ]);
+    let state = mesh.state();
+    let pids = all_pids(&state);
+    let supervisor = state["supervisor_pid"].as_u64().unwrap();
+    let _ = Command::new("kill")
+        .args(["-9", &supervisor.to_string()])
+        .status();
+    wait_for("the supervisor to die", Duration::from_secs(5), || {
+        !running(supervisor)
+    });
+    let status = mesh.ok(&["status"]);
+    assert!(status.contains("NOT running"), "{status}");
+    // The pods' processes outlive their supervisor, as containers outlive a crashed kubelet…
+    let alive = pids.iter().filter(|p| **p != supervisor && running(**p)).count();
+    assert!(alive > 0, "pods should still run after a supervisor crash");
+    // …and `down` removes them all from the state file and the namespaces.
+    mesh.ok(&["down"]);
+    assert_gone(&mesh, &pids);
 }

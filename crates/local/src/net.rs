@@ -125,8 +125,18 @@ pub fn create_pod(node: &str, netns: &str, veth: &str, pod_ip: Ipv4Addr) -> Resu
     Ok(())
 }
 
-/// Kills what still runs inside `netns` and deletes it (its veth goes with it).
+/// Whether `pid` still runs (a zombie has finished; it only waits to be reaped).
+pub fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Kills what still runs inside `netns` (waiting briefly for it to die) and deletes it; its veth
+/// goes with it.
 pub fn delete_netns(netns: &str) {
+    let mut killed = Vec::new();
     if let Ok(out) = Command::new("ip").args(["netns", "pids", netns]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {
@@ -134,8 +144,13 @@ pub fn delete_netns(netns: &str) {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+                killed.push(pid);
             }
         }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while killed.iter().any(|p| running(*p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let _ = Command::new("ip").args(["netns", "del", netns]).output();
     let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(netns));

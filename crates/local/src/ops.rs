@@ -202,15 +202,23 @@ fn wait_ready(
 fn cleanup(name: &str, dir: &Path) {
     let prefix = format!("{name}-");
     if let Ok(st) = state::load(dir) {
-        for p in &st.pods {
-            for c in &p.containers {
-                if let Some(pid) = c.pid.filter(|p| pid_alive(*p)) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+        let pids: Vec<i32> = st
+            .pods
+            .iter()
+            .flat_map(|p| p.containers.iter().filter_map(|c| c.pid))
+            .map(|p| p as i32)
+            .collect();
+        for pid in &pids {
+            if crate::net::running(*pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while pids.iter().any(|p| crate::net::running(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
