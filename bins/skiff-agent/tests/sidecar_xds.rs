@@ -340,6 +340,40 @@ fn skiff_sidecars_run_on_skiffd() {
         call(&toolbox, HTTPBIN_VIP, "httpbin").is_ok_and(|(n, _)| n == "httpbin-2")
     });
 
+    // A connection open across a full push (a new Service: new listeners, routes, clusters)
+    // keeps working: configuration is replaced under connections, not the connections.
+    let mut conn = toolbox
+        .run(|| std::net::TcpStream::connect((NGINX_VIP, 80)))
+        .unwrap();
+    assert_eq!(raw_get(&mut conn, "nginx"), 200);
+    manifests::write(
+        &dir,
+        "extra.yaml",
+        &[manifests::service(
+            NS,
+            "extra",
+            Ipv4Addr::new(198, 19, 0, 12),
+            80,
+            80,
+        )],
+    )
+    .unwrap();
+    wait_for(
+        "the new Service in the toolbox's sidecar",
+        Duration::from_secs(15),
+        || {
+            local_get(&toolbox, 15000, "/config_dump")
+                .1
+                .contains("extra.sidecar.svc.cluster.local")
+        },
+    );
+    assert_eq!(
+        raw_get(&mut conn, "nginx"),
+        200,
+        "the connection survived the push"
+    );
+    drop(conn);
+
     // Both proxies synced in skiffd's view.
     let (_, syncz) = local_get(&istiod, 15014, "/debug/syncz");
     let syncz: Value = serde_json::from_str(&syncz).unwrap_or_else(|e| panic!("{e}: {syncz}"));
@@ -371,6 +405,28 @@ fn skiff_sidecars_run_on_skiffd() {
         call(&toolbox, HTTPBIN_VIP, "httpbin").is_ok_and(|(n, _)| n == "httpbin")
     });
     assert!(log_text().matches("xds connected").count() >= 4, "{}", log_text());
+
+    // Deleting a Service removes its routes from the proxy.
+    std::fs::remove_file(dir.join("httpbin.yaml")).unwrap();
+    wait_for("httpbin's routes to go", Duration::from_secs(15), || {
+        let dump = local_get(&toolbox, 15000, "/config_dump").1;
+        !dump.is_empty() && !dump.contains("httpbin.sidecar.svc.cluster.local")
+    });
+    assert!(
+        call(&toolbox, HTTPBIN_VIP, "httpbin").is_err(),
+        "a deleted Service is not routed any more"
+    );
+
+    // A restarted sidecar resyncs from scratch.
+    let mut client = client;
+    client.terminate();
+    let client = sidecar(&toolbox, "toolbox-97948fc8-ptlct", "toolbox", istiod.ip, None);
+    wait_for(
+        "the restarted sidecar to be ready",
+        Duration::from_secs(20),
+        || local_get(&toolbox, 15021, "/healthz/ready").0 == 200,
+    );
+    assert_eq!(call(&toolbox, NGINX_VIP, "nginx").unwrap().0, "nginx");
     let errs: Vec<String> = client
         .stderr()
         .into_iter()
@@ -378,4 +434,34 @@ fn skiff_sidecars_run_on_skiffd() {
         .collect();
     assert!(errs.is_empty(), "sidecar errors: {errs:?}");
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// One keep-alive `GET /` on an open connection; the status.
+fn raw_get(conn: &mut std::net::TcpStream, host: &str) -> u16 {
+    use std::io::{Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(conn, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            return 0;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            }
+        }
+    }
 }
