@@ -1,7 +1,8 @@
 //! `proxy-config bootstrap`: the `BootstrapConfigDump` as JSON/YAML (the default), or with
 //! `-o short` the Istio, Istio proxy and Envoy versions read from the node.
 
-use crate::json::{to_json_names, to_jsonpb_indented, to_yaml};
+use crate::json::to_yaml;
+use crate::proto::{to_jsonpb_indented, to_jsonpb_value};
 use crate::tabwriter::TabWriter;
 use crate::{without_type, ConfigDump, Error, Output};
 
@@ -53,9 +54,10 @@ pub fn summary(d: &ConfigDump) -> Result<String, Error> {
 /// The whole `BootstrapConfigDump` message as `jsonpb` with a 4-space indent prints it.
 pub fn dump(d: &ConfigDump, output: Output) -> Result<String, Error> {
     let msg = without_type(d.bootstrap()?);
+    const TYPE: &str = "envoy.admin.v3.BootstrapConfigDump";
     Ok(match output {
-        Output::Yaml => format!("{}\n", to_yaml(&to_json_names(&msg))),
-        _ => format!("{}\n", to_jsonpb_indented(&msg)),
+        Output::Yaml => format!("{}\n", to_yaml(&to_jsonpb_value(&msg, TYPE))),
+        _ => format!("{}\n", to_jsonpb_indented(&msg, TYPE)),
     })
 }
 

@@ -176,7 +176,11 @@ pub fn summary(d: &ConfigDump, filter: &ClusterFilter, name_column: bool) -> Res
 /// `-o json|yaml`: the clusters that pass the filter, in istioctl's order.
 pub fn dump(d: &ConfigDump, filter: &ClusterFilter, output: Output) -> Result<String, Error> {
     let clusters: Vec<&Json> = sorted(d)?.into_iter().filter(|c| filter.verify(c)).collect();
-    Ok(render_objects(&clusters, output))
+    Ok(render_objects(
+        &clusters,
+        "envoy.config.cluster.v3.Cluster",
+        output,
+    ))
 }
 
 /// `proxy-config cluster` in the requested format.

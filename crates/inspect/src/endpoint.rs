@@ -175,7 +175,7 @@ pub fn dump(c: &Clusters, filter: &EndpointFilter, output: Output) -> String {
             picked.push(status);
         }
     }
-    render_objects(&picked, output)
+    render_objects(&picked, "envoy.admin.v3.ClusterStatus", output)
 }
 
 /// `proxy-config endpoint` in the requested format.

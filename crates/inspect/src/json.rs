@@ -336,7 +336,7 @@ fn is_metadata_message(v: &Json) -> bool {
 
 /// An Envoy message seen through the schema istioctl decodes it with: which objects are
 /// messages (fields renamed), maps (keys are data, sorted) and `Struct`s (data, keys sorted).
-enum Pb {
+pub(crate) enum Pb {
     Scalar(Json),
     Msg(Vec<(String, Pb)>),
     List(Vec<Pb>),
@@ -345,7 +345,7 @@ enum Pb {
 }
 
 /// A `Struct`/`Value` as Go writes it: object keys sorted, recursively.
-fn sorted_struct(v: &Json) -> Json {
+pub(crate) fn sorted_struct(v: &Json) -> Json {
     match v {
         Json::Object(m) => {
             let mut m: Vec<(String, Json)> = m.iter().map(|(k, v)| (k.clone(), sorted_struct(v))).collect();
@@ -401,7 +401,7 @@ fn map_entries(v: &Json, f: impl Fn(&Json) -> Pb) -> Vec<(String, Pb)> {
     entries
 }
 
-fn classify_value(v: &Json) -> Pb {
+pub(crate) fn classify_value(v: &Json) -> Pb {
     match v {
         Json::Object(_) => classify_message(v),
         Json::Array(items) => Pb::List(items.iter().map(classify_value).collect()),
@@ -409,7 +409,7 @@ fn classify_value(v: &Json) -> Pb {
     }
 }
 
-fn pb_to_json(pb: Pb) -> Json {
+pub(crate) fn pb_to_json(pb: Pb) -> Json {
     match pb {
         Pb::Scalar(v) | Pb::Struct(v) => v,
         Pb::Msg(m) | Pb::Map(m) => Json::Object(m.into_iter().map(|(k, v)| (k, pb_to_json(v))).collect()),
@@ -428,10 +428,14 @@ pub fn to_json_names(v: &Json) -> Json {
 /// including its layout quirks: an empty message prints as `{` blank line `}`, and the contents
 /// of a `Struct` sit one level deeper than their braces.
 pub fn to_jsonpb_indented(v: &Json) -> String {
+    pb_to_jsonpb_indented(&classify_value(v))
+}
+
+pub(crate) fn pb_to_jsonpb_indented(pb: &Pb) -> String {
     let mut out = String::new();
-    match classify_value(v) {
-        Pb::Msg(fields) => pb_message(&mut out, &fields, 0),
-        other => pb_singular(&mut out, &other, 0),
+    match pb {
+        Pb::Msg(fields) => pb_message(&mut out, fields, 0),
+        other => pb_singular(&mut out, other, 0),
     }
     out
 }

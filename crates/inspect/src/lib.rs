@@ -19,6 +19,7 @@ pub mod gosort;
 pub mod json;
 pub mod listener;
 pub mod logging;
+pub mod proto;
 pub mod route;
 pub mod secret;
 pub mod status;
@@ -74,13 +75,14 @@ pub enum Error {
     Invalid(String),
 }
 
-/// Renders filtered Envoy objects as istioctl's `-o json|yaml` does: a JSON array (Go's
-/// 4-space `MarshalIndent`, jsonpb's lowerCamelCase field names) or its YAML.
-pub fn render_objects(objects: &[&Json], output: Output) -> String {
+/// Renders filtered Envoy objects (messages of type `type_name`) as istioctl's `-o json|yaml`
+/// does: a JSON array (Go's 4-space `MarshalIndent` of jsonpb output: JSON field names in
+/// declaration order) or its YAML.
+pub fn render_objects(objects: &[&Json], type_name: &str, output: Output) -> String {
     let array = Json::Array(
         objects
             .iter()
-            .map(|o| json::to_json_names(&without_type(o)))
+            .map(|o| proto::to_jsonpb_value(&without_type(o), type_name))
             .collect(),
     );
     match output {

@@ -345,7 +345,11 @@ pub fn dump(dump: &ConfigDump, filter: &ListenerFilter, output: Output) -> Resul
         .into_iter()
         .filter(|l| filter.verify(l))
         .collect();
-    Ok(render_objects(&listeners, output))
+    Ok(render_objects(
+        &listeners,
+        "envoy.config.listener.v3.Listener",
+        output,
+    ))
 }
 
 /// `proxy-config listener` in the requested format.

@@ -159,7 +159,11 @@ pub fn summary(dump: &ConfigDump, filter: &RouteFilter, name_column: bool) -> Re
 /// `-o json|yaml`: the route configurations that pass the filter, in istioctl's order.
 pub fn dump(d: &ConfigDump, filter: &RouteFilter, output: Output) -> Result<String, Error> {
     let routes: Vec<&Json> = d.routes()?.into_iter().filter(|r| filter.verify(r)).collect();
-    Ok(render_objects(&routes, output))
+    Ok(render_objects(
+        &routes,
+        "envoy.config.route.v3.RouteConfiguration",
+        output,
+    ))
 }
 
 /// `proxy-config route` in the requested format.

@@ -9,9 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
-use crate::json::Json;
+use crate::json::{to_yaml, Json};
+use crate::proto::{to_jsonpb_indented, to_jsonpb_value};
 use crate::tabwriter::TabWriter;
-use crate::{ConfigDump, Error};
+use crate::{without_type, ConfigDump, Error, Output};
 
 /// What the table shows of one certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +99,19 @@ pub fn summary_at(d: &ConfigDump, name_column: bool, now: SystemTime) -> Result<
 /// The secrets table now.
 pub fn summary(d: &ConfigDump, name_column: bool) -> Result<String, Error> {
     summary_at(d, name_column, SystemTime::now())
+}
+
+/// `proxy-config secret`: the table, or the `SecretsConfigDump` message as jsonpb prints it.
+pub fn print(d: &ConfigDump, output: Output) -> Result<String, Error> {
+    if output == Output::Short {
+        return summary(d, false);
+    }
+    let msg = without_type(d.section("SecretsConfigDump")?);
+    const TYPE: &str = "envoy.admin.v3.SecretsConfigDump";
+    Ok(match output {
+        Output::Yaml => format!("{}\n", to_yaml(&to_jsonpb_value(&msg, TYPE))),
+        _ => format!("{}\n", to_jsonpb_indented(&msg, TYPE)),
+    })
 }
 
 fn inline_bytes(source: &Json) -> Vec<u8> {
