@@ -386,11 +386,18 @@ fn envoy_sidecars_read_through_skiffctl() {
     assert_rows(
         &clusters,
         CLUSTER,
-        &[
-            "nginx.sidecar.svc.cluster.local | 80 | - | outbound | EDS | ",
-            " | 80 | - | inbound | ORIGINAL_DST | ",
-        ],
+        &["nginx.sidecar.svc.cluster.local | 80 | - | outbound | EDS | "],
     );
+    let inbound = ok(skiffctl(&[
+        "pc",
+        "clusters",
+        &format!("{NGINX}.sidecar"),
+        "--netns",
+        nginx.netns.as_str(),
+        "--direction",
+        "inbound",
+    ]));
+    assert_rows(&inbound, CLUSTER, &[" | 80 | - | inbound | ORIGINAL_DST | "]);
     let filtered = ok(skiffctl(&[
         "pc",
         "c",
@@ -458,7 +465,7 @@ fn envoy_sidecars_read_through_skiffctl() {
             "80 | nginx.sidecar.svc.cluster.local:80 | nginx, nginx.sidecar + 1 more... | /* | ",
             " | backend | * | /healthz/ready* | ",
             " | backend | * | /stats/prometheus* | ",
-            "inbound|80|| | inbound|http|80 | * | /* | ",
+            "InboundPassthroughClusterIpv4 | inbound|http|0 | * | /* | ",
         ],
     );
     let endpoints = ok(skiffctl(&[
@@ -517,7 +524,7 @@ fn envoy_sidecars_read_through_skiffctl() {
         "short",
     ]));
     assert!(
-        versions.starts_with("Istio Version:       1.19.3\nEnvoy Version:       1.40."),
+        versions.starts_with("Istio Version: 1.19.3\nEnvoy Version: 1.40."),
         "{versions}"
     );
     let log = ok(skiffctl(&[
