@@ -22,6 +22,18 @@ pub enum Local {
     /// The mesh's daemon (started by `up`).
     #[command(hide = true)]
     Supervise(Name),
+    /// The mesh's kube-dns (run by `up` in the kube-system/coredns pod).
+    #[command(hide = true)]
+    Dns(Dns),
+}
+
+#[derive(Args, Debug)]
+pub struct Dns {
+    /// The zone file the supervisor keeps up to date.
+    #[arg(long)]
+    pub zone: PathBuf,
+    #[arg(long, default_value_t = 53)]
+    pub port: u16,
 }
 
 /// `skiffctl demo`.
@@ -145,6 +157,12 @@ pub fn run(cmd: Local) -> Result<u8> {
                 l.follow,
                 &mut out,
             )?;
+            Ok(0)
+        }
+        Local::Dns(d) => {
+            // hickory logs every query at info; the mesh wants warnings only.
+            telemetry::init("default:warn", false);
+            local::dns::serve(&d.zone, d.port)?;
             Ok(0)
         }
         Local::Supervise(n) => {

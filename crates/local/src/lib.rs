@@ -8,6 +8,7 @@
 //! [`net`] and [`envoy`] are its parts; [`state`] is the file everything else reads.
 
 pub mod demo;
+pub mod dns;
 pub mod envoy;
 pub mod kubelet;
 pub mod manifest;
@@ -16,6 +17,7 @@ pub mod ops;
 pub mod state;
 pub mod supervisor;
 
-/// Whether the kube-dns stand-in (`skiffctl local dns`) is built in. Until it is, pods resolve
-/// Service names through `/etc/netns/<pod>/hosts` entries carrying the same search-path names.
-pub const DNS_SERVER_AVAILABLE: bool = false;
+/// Whether pods resolve names through the mesh's kube-dns (`skiffctl local dns` in the
+/// `kube-system/coredns` pod). When off, `/etc/netns/<pod>/hosts` entries carrying the same
+/// search-path names stand in for it (kept for debugging name resolution).
+pub const DNS_SERVER_AVAILABLE: bool = true;

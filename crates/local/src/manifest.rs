@@ -192,7 +192,7 @@ mod tests {
         assert!(e.contains("b.yaml#0") && e.contains("metadata.name"), "{e}");
         let e = parse(
             "c.yaml",
-            "kind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 99999}]}\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 99999}]}\n",
             "default",
         )
         .unwrap_err()

@@ -1508,11 +1508,15 @@ impl Supervisor {
     /// `/etc/netns/<pod>/hosts` entries (search-path names included) as a fallback.
     fn write_hosts(&mut self) {
         let services = self.services_with_vips();
-        let zone: Vec<Value> = services
-            .iter()
-            .map(|s| json!({"namespace": s.pointer("/metadata/namespace"), "name": s.pointer("/metadata/name"), "clusterIP": s.pointer("/spec/clusterIP")}))
-            .collect();
-        let _ = state::write_atomic(&self.dir.join("dns-zone.json"), json!({"services": zone, "pods": self.state.pods.iter().map(|p| json!({"namespace": p.namespace, "name": p.name, "ip": p.ip.to_string(), "ready": p.ready})).collect::<Vec<_>>()}).to_string().as_bytes());
+        let zone = self.zone_file(&services);
+        if self.hosts.get("") != Some(&zone) {
+            if let Err(e) = state::write_atomic(&self.dir.join("dns-zone.json"), zone.as_bytes()) {
+                error!("writing the DNS zone: {e:#}");
+            } else {
+                // Remembered under the empty key: the zone is not a pod's hosts file.
+                self.hosts.insert(String::new(), zone);
+            }
+        }
         if crate::DNS_SERVER_AVAILABLE {
             return;
         }
@@ -1551,6 +1555,84 @@ impl Supervisor {
                 self.hosts.insert(netns, text);
             }
         }
+    }
+
+    /// The zone kube-dns serves: every Service with its VIP, ports and endpoints, every pod.
+    fn zone_file(&self, services: &[Value]) -> String {
+        use crate::dns::{ZoneFile, ZonePod, ZonePort, ZoneService};
+        let mut namespaces: BTreeSet<String> = self.desired.namespaces.keys().cloned().collect();
+        namespaces.extend(["default", "kube-system", "istio-system"].map(String::from));
+        let mut zone = ZoneFile {
+            namespaces: namespaces.into_iter().collect(),
+            ..Default::default()
+        };
+        for s in services {
+            let ns = s
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let name = s
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let selector = labels_of(s, "/spec/selector");
+            let pods: Vec<&PodState> = self
+                .state
+                .pods
+                .iter()
+                .filter(|p| {
+                    !selector.is_empty()
+                        && p.namespace == ns
+                        && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                })
+                .collect();
+            let ports = s
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some(ZonePort {
+                        name: p
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        protocol: p
+                            .get("protocol")
+                            .and_then(Value::as_str)
+                            .unwrap_or("TCP")
+                            .to_owned(),
+                        port: u16::try_from(p.get("port")?.as_u64()?).ok()?,
+                        target_port: p
+                            .get("targetPort")
+                            .and_then(Value::as_u64)
+                            .and_then(|t| u16::try_from(t).ok()),
+                    })
+                })
+                .collect();
+            zone.services.push(ZoneService {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                cluster_ip: s
+                    .pointer("/spec/clusterIP")
+                    .and_then(Value::as_str)
+                    .and_then(|v| v.parse().ok()),
+                ports,
+                endpoints: pods.iter().map(|p| (p.ip, p.ready)).collect(),
+            });
+        }
+        zone.pods = self
+            .state
+            .pods
+            .iter()
+            .map(|p| ZonePod {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                ip: p.ip,
+            })
+            .collect();
+        serde_json::to_string_pretty(&zone).unwrap_or_default()
     }
 
     /// Stops every process, deletes every namespace the mesh made.
