@@ -504,7 +504,8 @@ fn scenario(api_type: &str) {
     assert_eq!(stat(&toolbox, "cluster_manager.cds.update_success"), cds_before);
     assert_eq!(stat(&toolbox, "listener_manager.lds.update_success"), lds_before);
 
-    // A bad file: reported, and its last good state stays in force.
+    // A bad resource: reported, and its last good version stays in force (the file's other,
+    // valid resources — the unchanged Pod here — apply as usual).
     std::fs::write(
         dir.join("httpbin.yaml"),
         format!(
@@ -513,7 +514,7 @@ fn scenario(api_type: &str) {
                 "ports: [{name: http, port: 80, targetPort: 80}]",
                 "ports: [{name: http, port: 80}, {name: http2, port: 80}]"
             ),
-            pod_yaml("httpbin", httpbin.ip)
+            pod_yaml("httpbin", httpbin2.ip)
         ),
     )
     .unwrap();

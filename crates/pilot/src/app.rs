@@ -120,7 +120,7 @@ impl ControlPlane {
                         snap.services
                             .iter()
                             .filter(|s| svcs.contains(&(s.namespace.clone(), s.name.clone())))
-                            .flat_map(|s| crate::gen::endpoint::cluster_names(s))
+                            .flat_map(|s| crate::gen::endpoint::cluster_names(&snap, s))
                             .collect(),
                     ),
                     Change::None => {

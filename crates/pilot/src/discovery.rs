@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use xds::pb::envoy::config::cluster::v3::Cluster;
 use xds::pb::envoy::config::core::v3::Node;
 use xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use xds::server::{Generator, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use xds::server::{Generator, Resource, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE};
 
 use crate::gen::{self, Context, MeshConfig};
 use crate::proxy::Proxy;
@@ -20,14 +20,47 @@ pub struct Discovery {
 }
 
 /// One snapshot and the resources that are the same for many proxies, built on first use and
-/// shared (as `Arc`s, also by the ADS server's per-proxy state) until the next snapshot.
+/// shared (as `Arc`s, also by the ADS server's per-proxy state) until the next snapshot. What a
+/// proxy gets depends on its kind, namespace (domains, DestinationRule precedence) and Sidecar
+/// scope, and — only when some VirtualService matches on source labels — on its labels: that is
+/// the sharing key ([`share_key`]).
 #[derive(Default)]
 struct Generation {
     snap: Arc<Snapshot>,
-    clusters: Mutex<Option<Arc<Vec<Resource>>>>,
-    endpoints: Mutex<Option<Arc<HashMap<String, Resource>>>>,
-    /// Route configurations by (proxy namespace, name): domains depend on the namespace only.
+    clusters: Mutex<HashMap<String, Arc<Vec<Resource>>>>,
+    endpoints: Mutex<HashMap<String, Arc<HashMap<String, Resource>>>>,
+    /// Route configurations by (share key, name).
     routes: Mutex<HashMap<(String, String), Resource>>,
+}
+
+/// What makes two proxies' clusters and endpoints equal: their kind and Sidecar scope, and the
+/// DestinationRules they see, which differ by namespace only when a namespace holds its own rules
+/// or rules are not exported everywhere.
+fn dr_scope_key(ctx: &Context<'_>) -> String {
+    let ns = ctx.proxy.namespace.as_str();
+    let scoped = ctx.snap.config.destination_rules.iter().any(|d| {
+        (d.namespace == ns && ns != crate::istio::ROOT_NAMESPACE)
+            || !(d.spec.export_to.is_empty() || d.spec.export_to.iter().any(|e| e == "*"))
+    });
+    let sidecar = ctx.scope().sidecar.as_ref().map(|s| s.key()).unwrap_or_default();
+    format!(
+        "{:?}|{sidecar}|{}",
+        ctx.proxy.node_type,
+        if scoped { ns } else { "" }
+    )
+}
+
+/// What makes two proxies' shared resources equal (see [`Generation`]).
+fn share_key(ctx: &Context<'_>) -> String {
+    let sidecar = ctx.scope().sidecar.as_ref().map(|s| s.key()).unwrap_or_default();
+    let mut key = format!("{:?}|{}|{sidecar}", ctx.proxy.node_type, ctx.proxy.namespace);
+    if ctx.proxy.node_type == crate::proxy::NodeType::Router {
+        // A gateway's resources depend on its labels (which Gateways select it) and its pod.
+        key.push_str(&format!("|{}|{:?}", ctx.proxy.pod, ctx.labels()));
+    } else if ctx.snap.config.uses_source_matches() {
+        key.push_str(&format!("|{:?}", ctx.labels()));
+    }
+    key
 }
 
 fn cluster_resource(c: &Cluster) -> Resource {
@@ -80,19 +113,17 @@ impl Discovery {
     /// The resources of one type for one proxy (what a push sends).
     pub fn resources(&self, proxy: &Proxy, type_url: &str, names: &[String]) -> Vec<Resource> {
         let generation = self.current();
-        let ctx = Context {
-            snap: &generation.snap,
-            proxy,
-            mesh: &self.mesh,
-        };
+        let ctx = Context::new(&generation.snap, proxy, &self.mesh);
         match type_url {
             LISTENER_TYPE => gen::listener::listeners(&ctx)
                 .iter()
                 .map(|l| Resource::new(l.name.clone(), gen::any(l)))
                 .collect(),
             CLUSTER_TYPE => {
+                let key = dr_scope_key(&ctx);
                 let shared = lock(&generation.clusters)
-                    .get_or_insert_with(|| {
+                    .entry(key)
+                    .or_insert_with(|| {
                         Arc::new(
                             gen::cluster::shared_clusters(&ctx)
                                 .iter()
@@ -111,11 +142,12 @@ impl Discovery {
                 } else {
                     names.to_vec()
                 };
+                let key = share_key(&ctx);
                 let mut cache = lock(&generation.routes);
                 let mut out = Vec::with_capacity(names.len());
                 let mut missing = Vec::new();
                 for n in &names {
-                    match cache.get(&(proxy.namespace.clone(), n.clone())) {
+                    match cache.get(&(key.clone(), n.clone())) {
                         Some(r) => out.push(r.clone()),
                         None => missing.push(n.clone()),
                     }
@@ -123,15 +155,17 @@ impl Discovery {
                 if !missing.is_empty() {
                     for r in gen::route::routes(&ctx, &missing) {
                         let res = Resource::new(r.name.clone(), gen::any(&r));
-                        cache.insert((proxy.namespace.clone(), r.name.clone()), res.clone());
+                        cache.insert((key.clone(), r.name.clone()), res.clone());
                         out.push(res);
                     }
                 }
                 out
             }
             ENDPOINT_TYPE => {
+                let key = dr_scope_key(&ctx);
                 let all = lock(&generation.endpoints)
-                    .get_or_insert_with(|| {
+                    .entry(key)
+                    .or_insert_with(|| {
                         Arc::new(
                             gen::endpoint::endpoints(&ctx, &[])
                                 .iter()
@@ -148,6 +182,10 @@ impl Discovery {
                     names.iter().filter_map(|n| all.get(n).cloned()).collect()
                 }
             }
+            SECRET_TYPE => gen::secret::secrets(&ctx, names)
+                .iter()
+                .map(|s| Resource::new(s.name.clone(), gen::any(s)))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -211,11 +249,7 @@ mod tests {
         let snap = d.snapshot();
         let mesh = MeshConfig::default();
         for proxy in [&web, &other] {
-            let ctx = Context {
-                snap: &snap,
-                proxy,
-                mesh: &mesh,
-            };
+            let ctx = Context::new(&snap, proxy, &mesh);
             // Compared decoded: protobuf maps (metadata) encode in hash order.
             let direct = gen::cluster::clusters(&ctx);
             let cached: Vec<Cluster> = d

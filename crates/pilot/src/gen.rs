@@ -7,8 +7,11 @@
 
 pub mod cluster;
 pub mod endpoint;
+pub mod gateway;
 pub mod listener;
 pub mod route;
+pub mod secret;
+pub mod vs;
 
 use std::sync::Arc;
 
@@ -17,16 +20,28 @@ use xds::pb::google::protobuf::{
     value::Kind, Any, BoolValue, Duration, ListValue, Struct, UInt32Value, Value,
 };
 
-use crate::proxy::Proxy;
+use api::networking::OutboundMode;
+
+use crate::istio::{self, Resource};
+use crate::proxy::{NodeType, Proxy};
 use crate::snapshot::{ServiceInfo, Snapshot};
 
-/// The mesh-wide settings generation reads (Istio's MeshConfig subset).
-#[derive(Debug, Clone)]
+/// The mesh-wide settings generation reads (Istio's MeshConfig subset; `skiffd --mesh-config`
+/// reads them from Istio's MeshConfig YAML, see [`crate::mesh`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeshConfig {
     /// `accessLogFile`: empty = no access log (Istio's default; the demo profile sets /dev/stdout).
     pub access_log_file: Option<String>,
     /// `connectTimeout` (10s).
     pub connect_timeout: std::time::Duration,
+    /// `outboundTrafficPolicy.mode`: ALLOW_ANY (unknown destinations go to `PassthroughCluster`)
+    /// or REGISTRY_ONLY (`BlackHoleCluster`, HTTP 502).
+    pub outbound_traffic_policy: OutboundMode,
+    /// `dnsRefreshRate` of `STRICT_DNS` clusters (60s).
+    pub dns_refresh_rate: std::time::Duration,
+    /// `defaultHttpRetryPolicy`: the retries of routes that set none (Istio's default when unset:
+    /// 2 attempts on connect-failure, refused-stream, unavailable, cancelled, 503).
+    pub default_http_retry_policy: Option<api::networking::HttpRetry>,
 }
 
 impl Default for MeshConfig {
@@ -34,6 +49,9 @@ impl Default for MeshConfig {
         MeshConfig {
             access_log_file: None,
             connect_timeout: std::time::Duration::from_secs(10),
+            outbound_traffic_policy: OutboundMode::AllowAny,
+            dns_refresh_rate: std::time::Duration::from_secs(60),
+            default_http_retry_policy: None,
         }
     }
 }
@@ -46,12 +64,115 @@ pub struct Context<'a> {
     pub snap: &'a Snapshot,
     pub proxy: &'a Proxy,
     pub mesh: &'a MeshConfig,
+    scope: std::cell::OnceCell<Scope>,
+}
+
+/// What a proxy sees of the mesh (Istio's `SidecarScope`): the Services and mesh
+/// VirtualServices its Sidecar resource's `egress.hosts` import (everything exported to its
+/// namespace when no Sidecar applies), and its outbound traffic policy.
+#[derive(Debug, Default)]
+pub struct Scope {
+    pub sidecar: Option<Arc<Resource<api::networking::Sidecar>>>,
+    /// Visible Services, sorted by hostname.
+    pub services: Vec<Arc<ServiceInfo>>,
+    /// VirtualServices bound to the mesh (`gateways` empty or naming `mesh`) that apply here.
+    pub virtual_services: Vec<Arc<Resource<api::networking::VirtualService>>>,
+    pub outbound: OutboundMode,
 }
 
 impl<'a> Context<'a> {
-    /// The Services this proxy sees (all of them: no Sidecar scoping yet), sorted by hostname.
-    pub fn services(&self) -> impl Iterator<Item = &'a Arc<ServiceInfo>> + 'a {
-        self.snap.services.iter()
+    pub fn new(snap: &'a Snapshot, proxy: &'a Proxy, mesh: &'a MeshConfig) -> Context<'a> {
+        Context {
+            snap,
+            proxy,
+            mesh,
+            scope: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The proxy's scope, computed on first use.
+    pub fn scope(&self) -> &Scope {
+        self.scope.get_or_init(|| self.build_scope())
+    }
+
+    fn build_scope(&self) -> Scope {
+        let snap = self.snap;
+        let ns = self.proxy.namespace.as_str();
+        // Sidecar resources configure sidecars; gateways see everything exported to them.
+        let sidecar = match self.proxy.node_type {
+            NodeType::Sidecar => snap.config.sidecar_for(ns, &self.labels()).cloned(),
+            NodeType::Router => None,
+        };
+        let egress = sidecar.as_deref().map(istio::egress_hosts).unwrap_or_default();
+        let imports = |res_ns: &str, hostname: &str| {
+            egress.is_empty() || istio::egress_imports(&egress, res_ns, hostname)
+        };
+        let services = snap
+            .services
+            .iter()
+            .filter(|s| {
+                let exported = match &s.service_entry {
+                    Some(key) => snap
+                        .config
+                        .service_entries
+                        .iter()
+                        .find(|se| &se.key() == key)
+                        .is_none_or(|se| istio::exported_to(&se.spec.export_to, &se.namespace, ns)),
+                    None => true,
+                };
+                exported && imports(&s.namespace, &s.hostname)
+            })
+            .cloned()
+            .collect();
+        let virtual_services = snap
+            .config
+            .virtual_services
+            .iter()
+            .filter(|vs| istio::exported_to(&vs.spec.export_to, &vs.namespace, ns))
+            .filter(|vs| {
+                vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == api::MESH_GATEWAY)
+            })
+            .filter(|vs| egress.is_empty() || vs.spec.hosts.iter().any(|h| imports(&vs.namespace, h)))
+            .cloned()
+            .collect();
+        Scope {
+            outbound: istio::outbound_mode(sidecar.as_deref(), self.mesh.outbound_traffic_policy),
+            sidecar,
+            services,
+            virtual_services,
+        }
+    }
+
+    /// The Services this proxy sees (its Sidecar scope), sorted by hostname.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceInfo>> + '_ {
+        self.scope().services.iter()
+    }
+
+    /// A visible Service by hostname.
+    pub fn service(&self, hostname: &str) -> Option<&Arc<ServiceInfo>> {
+        self.scope().services.iter().find(|s| s.hostname == hostname)
+    }
+
+    /// The DestinationRule for a host as this proxy sees it.
+    pub fn destination_rule(
+        &self,
+        hostname: &str,
+    ) -> Option<&Arc<Resource<api::networking::DestinationRule>>> {
+        let svc_ns = self
+            .snap
+            .services
+            .iter()
+            .find(|s| s.hostname == hostname)
+            .map(|s| s.namespace.as_str())
+            .unwrap_or("");
+        self.snap
+            .config
+            .destination_rule(&self.proxy.namespace, svc_ns, hostname)
+    }
+
+    /// Whether unknown destinations are let out (ALLOW_ANY) or refused (REGISTRY_ONLY).
+    pub fn allow_any(&self) -> bool {
+        self.scope().outbound == OutboundMode::AllowAny
     }
 
     /// The proxy's labels: from node metadata, else from its pod in the registry.

@@ -8,8 +8,11 @@
 pub mod app;
 pub mod discovery;
 pub mod gen;
+pub mod istio;
+pub mod mesh;
 pub mod model;
 pub mod monitor;
 pub mod proxy;
 pub mod registry;
+pub mod service_entry;
 pub mod snapshot;

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
 
 use serde::Deserialize;
 
@@ -21,6 +24,9 @@ pub struct DocError {
     pub document: usize,
     /// `Kind namespace/name` when known.
     pub object: Option<String>,
+    /// The object's identity when known (namespace defaulted as the object's would be): its last
+    /// good version can stay in force.
+    pub key: Option<Box<Key>>,
     pub field: String,
     pub reason: String,
 }
@@ -348,14 +354,80 @@ pub struct Namespace {
     pub metadata: ObjectMeta,
 }
 
-/// An Istio config object (`networking.istio.io` and friends), kept as written for the
-/// traffic-management work.
+/// An Istio config object (`networking.istio.io` and friends). The kinds Skiff applies
+/// (VirtualService, DestinationRule, Gateway, ServiceEntry, Sidecar) are parsed and validated as
+/// Istio's webhook would (`api`); a resource that fails is refused at parse time, so its last good
+/// version stays in force. Other kinds are kept as written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IstioConfig {
     pub api_version: String,
     pub kind: String,
     pub metadata: ObjectMeta,
     pub spec: serde_json::Value,
+    /// The validated spec, for the kinds Skiff applies.
+    pub parsed: Option<Arc<api::Spec>>,
+    /// Validation warnings (the resource applies anyway, as in Istio).
+    pub warnings: Vec<api::Finding>,
+}
+
+/// A Kubernetes Secret holding a certificate (`kubernetes.io/tls`, or a generic Secret with
+/// `cert`/`key`/`cacert`), for gateways' `credentialName`. Other Secrets are not read. The bytes
+/// never reach logs or `/debug`: `Debug` prints key names and sizes only.
+#[derive(Clone, PartialEq, Default)]
+pub struct Secret {
+    pub metadata: ObjectMeta,
+    pub type_: String,
+    /// Decoded `data` (and `stringData`).
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<String> = self
+            .data
+            .iter()
+            .map(|(k, v)| format!("{k}: <{} bytes redacted>", v.len()))
+            .collect();
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("type", &self.type_)
+            .field("data", &keys)
+            .finish()
+    }
+}
+
+/// The Secret keys Istio reads a certificate from (`pilot/pkg/credentials/kube/secrets.go`):
+/// the TLS Secret layout, then the generic one.
+pub const TLS_CERT_KEYS: [(&str, &str, &str); 2] =
+    [("tls.crt", "tls.key", "ca.crt"), ("cert", "key", "cacert")];
+
+impl Secret {
+    /// `(certificate chain, private key)` in PEM, if this Secret holds a server certificate.
+    pub fn certificate(&self) -> Option<(&[u8], &[u8])> {
+        TLS_CERT_KEYS
+            .iter()
+            .find_map(|(c, k, _)| Some((self.data.get(*c)?.as_slice(), self.data.get(*k)?.as_slice())))
+    }
+
+    /// The CA bundle for client-certificate validation (`-cacert` Secrets, or `ca.crt`/`cacert`).
+    pub fn ca_certificate(&self) -> Option<&[u8]> {
+        TLS_CERT_KEYS
+            .iter()
+            .find_map(|(_, _, ca)| self.data.get(*ca).map(Vec::as_slice))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSecret {
+    #[serde(default)]
+    metadata: ObjectMeta,
+    #[serde(default, rename = "type")]
+    type_: Option<String>,
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+    #[serde(default)]
+    string_data: BTreeMap<String, String>,
 }
 
 /// Istio kinds by API group.
@@ -388,7 +460,6 @@ const ISTIO_KINDS: &[(&str, &[&str])] = &[
 /// Kubernetes kinds that may sit in the same manifests and that the mesh does not need.
 const IGNORED_KINDS: &[&str] = &[
     "ConfigMap",
-    "Secret",
     "ServiceAccount",
     "Role",
     "RoleBinding",
@@ -425,6 +496,7 @@ pub enum Object {
     Pod(Pod),
     Deployment(Deployment),
     Istio(IstioConfig),
+    Secret(Secret),
 }
 
 /// Identity of an object: its kind, namespace (empty for Namespaces) and name.
@@ -455,6 +527,7 @@ impl Object {
             Object::Pod(_) => "Pod",
             Object::Deployment(_) => "Deployment",
             Object::Istio(c) => &c.kind,
+            Object::Secret(_) => "Secret",
         }
     }
 
@@ -467,6 +540,7 @@ impl Object {
             Object::Pod(o) => &o.metadata,
             Object::Deployment(o) => &o.metadata,
             Object::Istio(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
         }
     }
 
@@ -479,6 +553,7 @@ impl Object {
             Object::Pod(o) => &mut o.metadata,
             Object::Deployment(o) => &mut o.metadata,
             Object::Istio(o) => &mut o.metadata,
+            Object::Secret(o) => &mut o.metadata,
         }
     }
 
@@ -500,6 +575,7 @@ struct DocCtx<'a> {
     file: &'a str,
     document: usize,
     object: Option<String>,
+    key: Option<Box<Key>>,
 }
 
 impl DocCtx<'_> {
@@ -508,6 +584,7 @@ impl DocCtx<'_> {
             file: self.file.to_owned(),
             document: self.document,
             object: self.object.clone(),
+            key: self.key.clone(),
             field: field.into(),
             reason: reason.into(),
         }
@@ -517,6 +594,12 @@ impl DocCtx<'_> {
 /// Parses every document of a manifest file. Any bad document fails the whole file (the caller
 /// keeps the file's last good objects). `kind: List` documents are expanded.
 pub fn parse_manifests(file: &Path, text: &str) -> Result<Vec<Object>, DocError> {
+    parse_documents(file, text).into_iter().collect()
+}
+
+/// Parses every document of a manifest file on its own: one result per object (a `List`'s items
+/// each count), so one bad object does not hide the others. A YAML syntax error ends the file.
+pub fn parse_documents(file: &Path, text: &str) -> Vec<Result<Object, DocError>> {
     let file_name = file.display().to_string();
     let mut out = Vec::new();
     for (document, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -524,27 +607,39 @@ pub fn parse_manifests(file: &Path, text: &str) -> Result<Vec<Object>, DocError>
             file: &file_name,
             document,
             object: None,
+            key: None,
         };
-        let value =
-            serde_json::Value::deserialize(de).map_err(|e| ctx.err("", format!("invalid YAML: {e}")))?;
+        let value = match serde_json::Value::deserialize(de) {
+            Ok(v) => v,
+            Err(e) => {
+                out.push(Err(ctx.err("", format!("invalid YAML: {e}"))));
+                break;
+            }
+        };
         if value.is_null() {
             continue;
         }
         if value.get("kind").and_then(|k| k.as_str()) == Some("List") {
-            let items = value
-                .get("items")
-                .and_then(|i| i.as_array())
-                .ok_or_else(|| ctx.err("items", "a List needs an items array"))?;
+            let Some(items) = value.get("items").and_then(|i| i.as_array()) else {
+                out.push(Err(ctx.err("items", "a List needs an items array")));
+                continue;
+            };
             for (i, item) in items.iter().enumerate() {
-                if let Some(o) = parse_object(&ctx, &format!("items[{i}]."), item.clone())? {
-                    out.push(o);
+                match parse_object(&ctx, &format!("items[{i}]."), item.clone()) {
+                    Ok(Some(o)) => out.push(Ok(o)),
+                    Ok(None) => {}
+                    Err(e) => out.push(Err(e)),
                 }
             }
-        } else if let Some(o) = parse_object(&ctx, "", value)? {
-            out.push(o);
+        } else {
+            match parse_object(&ctx, "", value) {
+                Ok(Some(o)) => out.push(Ok(o)),
+                Ok(None) => {}
+                Err(e) => out.push(Err(e)),
+            }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Parses one object as an API server returns it (`apiVersion` and `kind` set); `origin` names
@@ -554,6 +649,7 @@ pub fn parse_value(origin: &str, value: serde_json::Value) -> Result<Option<Obje
         file: origin,
         document: 0,
         object: None,
+        key: None,
     };
     parse_object(&ctx, "", value)
 }
@@ -583,6 +679,7 @@ fn parse_object(
         file: outer.file,
         document: outer.document,
         object: None,
+        key: None,
     };
     if !value.is_object() {
         return Err(ctx.err(
@@ -604,10 +701,21 @@ fn parse_object(
         ("Namespace", _) | (_, None) => format!("{kind} {name}"),
         (_, Some(ns)) => format!("{kind} {ns}/{name}"),
     });
+    if !name.is_empty() {
+        ctx.key = Some(Box::new(Key {
+            kind: kind.clone(),
+            namespace: match (kind.as_str(), namespace) {
+                ("Namespace", _) => String::new(),
+                (_, Some(ns)) if !ns.is_empty() => ns.to_owned(),
+                _ => DEFAULT_NAMESPACE.to_owned(),
+            },
+            name: name.clone(),
+        }));
+    }
     if name.is_empty() {
         return Err(ctx.err(format!("{prefix}metadata.name"), "is required"));
     }
-    let (group, _version) = api_version.rsplit_once('/').unwrap_or(("", api_version.as_str()));
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version.as_str()));
     let mut obj = match (group, kind.as_str()) {
         ("", "Namespace") => Object::Namespace(typed(&ctx, prefix, value)?),
         ("", "Service") => {
@@ -653,13 +761,25 @@ fn parse_object(
                 &format!("{prefix}metadata."),
                 value.get("metadata").cloned().unwrap_or_default(),
             )?;
+            let spec = value.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+            let (parsed, warnings) = if g == api::GROUP {
+                parse_networking(&ctx, prefix, version, &kind, &metadata, spec.clone())?
+            } else {
+                (None, Vec::new())
+            };
             Object::Istio(IstioConfig {
                 api_version: api_version.clone(),
                 kind: kind.clone(),
                 metadata,
-                spec: value.get("spec").cloned().unwrap_or(serde_json::Value::Null),
+                spec,
+                parsed,
+                warnings,
             })
         }
+        ("", "Secret") => match parse_secret(&ctx, prefix, value)? {
+            Some(s) => Object::Secret(s),
+            None => return Ok(None),
+        },
         (_, k) if IGNORED_KINDS.contains(&k) => {
             tracing::debug!(file = outer.file, kind = k, name = %name, "kind not used by the mesh; skipped");
             return Ok(None);
@@ -680,6 +800,97 @@ fn parse_object(
         meta.namespace = Some(DEFAULT_NAMESPACE.to_owned());
     }
     Ok(Some(obj))
+}
+
+/// Validates a `networking.istio.io` resource with Istio's rules; the first error names the field
+/// and every error is in the reason (a resource is refused as a whole, as the webhook does).
+fn parse_networking(
+    ctx: &DocCtx<'_>,
+    prefix: &str,
+    version: &str,
+    kind: &str,
+    metadata: &ObjectMeta,
+    spec: serde_json::Value,
+) -> Result<(Option<Arc<api::Spec>>, Vec<api::Finding>), DocError> {
+    if !api::VERSIONS.contains(&version) {
+        return Err(ctx.err(
+            format!("{prefix}apiVersion"),
+            format!(
+                "{} {version} is not served (networking.istio.io serves {})",
+                api::GROUP,
+                api::VERSIONS.join(", ")
+            ),
+        ));
+    }
+    let namespace = metadata
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(DEFAULT_NAMESPACE);
+    match api::parse(kind, namespace, &metadata.name, spec) {
+        Ok(Some(p)) => Ok((Some(Arc::new(p.spec)), p.warnings)),
+        Ok(None) => Ok((None, Vec::new())),
+        Err(findings) => {
+            let errors: Vec<&api::Finding> =
+                findings.iter().filter(|f| f.level == api::Level::Error).collect();
+            let first = errors.first().map(|f| f.field.clone()).unwrap_or_default();
+            let reason = errors
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    if i == 0 {
+                        format!("{} [{}]", f.message, f.code)
+                    } else {
+                        format!("{}{}: {} [{}]", prefix, f.field, f.message, f.code)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(ctx.err(format!("{prefix}{first}"), reason))
+        }
+    }
+}
+
+/// A Secret that holds a certificate, decoded; `None` for Secrets the mesh does not read
+/// (service-account tokens, registry credentials, …).
+fn parse_secret(
+    ctx: &DocCtx<'_>,
+    prefix: &str,
+    value: serde_json::Value,
+) -> Result<Option<Secret>, DocError> {
+    let raw: RawSecret = typed(ctx, prefix, value)?;
+    let type_ = raw.type_.unwrap_or_else(|| "Opaque".into());
+    let mut data = BTreeMap::new();
+    for (k, v) in &raw.data {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v.trim())
+            .map_err(|e| ctx.err(format!("{prefix}data.{k}"), format!("not base64: {e}")))?;
+        data.insert(k.clone(), bytes);
+    }
+    for (k, v) in raw.string_data {
+        data.insert(k, v.into_bytes());
+    }
+    let has_cert = TLS_CERT_KEYS
+        .iter()
+        .any(|(c, _, ca)| data.contains_key(*c) || data.contains_key(*ca));
+    if type_ != "kubernetes.io/tls" && !has_cert {
+        return Ok(None);
+    }
+    if type_ == "kubernetes.io/tls" {
+        for key in ["tls.crt", "tls.key"] {
+            if !data.contains_key(key) {
+                return Err(ctx.err(
+                    format!("{prefix}data"),
+                    format!("a kubernetes.io/tls Secret needs {key}"),
+                ));
+            }
+        }
+    }
+    Ok(Some(Secret {
+        metadata: raw.metadata,
+        type_,
+        data,
+    }))
 }
 
 fn valid_port(p: i64) -> bool {
@@ -856,7 +1067,7 @@ mod tests {
     #[test]
     fn istio_kinds_are_kept_as_written_and_others_skipped() {
         let text = "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: canary, namespace: canary}\n\
-                    spec: {hosts: [canary]}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n";
+                    spec: {hosts: [canary], http: [{route: [{destination: {host: canary}}]}]}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n";
         let objs = parse(text).unwrap();
         assert_eq!(objs.len(), 1);
         let Object::Istio(vs) = &objs[0] else { panic!() };

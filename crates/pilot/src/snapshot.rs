@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+use crate::istio::IstioIndex;
 use crate::model::{
-    ClusterIp, EndpointSlice, Endpoints, IntOrString, IstioConfig, Key, Object, Pod, Service,
+    ClusterIp, EndpointSlice, Endpoints, IntOrString, IstioConfig, Key, Object, Pod, Secret, Service,
     SERVICE_NAME_LABEL,
 };
 
@@ -45,7 +46,9 @@ pub enum ListenerProtocol {
 }
 
 impl Protocol {
-    fn parse(s: &str) -> Protocol {
+    /// Istio's `protocol.Parse`: a protocol name, case-insensitive; unknown (and empty) is
+    /// `Unsupported` (sniffed). ServiceEntry ports and Gateway servers name theirs this way.
+    pub fn parse(s: &str) -> Protocol {
         match s.to_ascii_lowercase().as_str() {
             "http" => Protocol::Http,
             "http2" => Protocol::Http2,
@@ -106,6 +109,39 @@ impl Protocol {
     pub fn is_http2(self) -> bool {
         matches!(self, Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb)
     }
+
+    /// HTTP family (`IsHTTP`).
+    pub fn is_http(self) -> bool {
+        self.listener() == ListenerProtocol::Http
+    }
+
+    /// TLS-carrying protocols (`IsTLS`): HTTPS and TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Tls)
+    }
+}
+
+/// How a Service's endpoints are found (Istio's `model.Resolution`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resolution {
+    /// The proxy balances over endpoints it gets by EDS (ClusterIP Services, STATIC entries).
+    #[default]
+    ClientSideLb,
+    /// Envoy resolves the endpoints' names (`STRICT_DNS`).
+    Dns,
+    /// Envoy resolves one name and connects to one address (`LOGICAL_DNS`).
+    DnsRoundRobin,
+    /// The client picked the address (headless Services, `resolution: NONE`): `ORIGINAL_DST`.
+    Passthrough,
+}
+
+/// An endpoint given by name (a DNS ServiceEntry's `endpoints[].address` or its host).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostEndpoint {
+    pub address: String,
+    pub port: u16,
+    pub port_name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +177,8 @@ pub struct Endpoint {
     pub port_name: String,
     pub ready: bool,
     pub pod: Option<Arc<Pod>>,
+    /// The workload's labels (the pod's, or a ServiceEntry endpoint's): subsets select on them.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A Service as the mesh sees it.
@@ -156,6 +194,13 @@ pub struct ServiceInfo {
     pub selector: Option<BTreeMap<String, String>>,
     pub endpoints: Vec<Endpoint>,
     pub creation: Option<String>,
+    pub resolution: Resolution,
+    /// Outside the mesh (a `MESH_EXTERNAL` ServiceEntry): no mTLS, `istio.external` metadata.
+    pub mesh_external: bool,
+    /// Endpoints by name, for [`Resolution::Dns`] / [`Resolution::DnsRoundRobin`].
+    pub dns_endpoints: Vec<HostEndpoint>,
+    /// `namespace/name` of the ServiceEntry this came from (None for Kubernetes Services).
+    pub service_entry: Option<String>,
 }
 
 impl ServiceInfo {
@@ -179,6 +224,10 @@ pub struct Snapshot {
     pub pods: BTreeMap<(String, String), Arc<Pod>>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub istio: Vec<Arc<IstioConfig>>,
+    /// The applied Istio resources, resolved (VirtualServices, DestinationRules, Gateways…).
+    pub config: IstioIndex,
+    /// Certificate Secrets by (namespace, name), for gateways' `credentialName`.
+    pub secrets: BTreeMap<(String, String), Arc<Secret>>,
     /// Things that are wrong across objects (an Endpoints without its Service…), one line each.
     pub problems: Vec<String>,
 }
@@ -270,6 +319,10 @@ fn from_slices(
                         port,
                         port_name: p.name.clone().unwrap_or_default(),
                         ready: ep.conditions.ready != Some(false),
+                        labels: pod
+                            .as_ref()
+                            .map(|p| p.metadata.labels.clone())
+                            .unwrap_or_default(),
                         pod: pod.clone(),
                     });
                 }
@@ -299,6 +352,10 @@ fn from_endpoints(e: &Endpoints, ns: &str, pods: &BTreeMap<(String, String), Arc
                         port,
                         port_name: p.name.clone().unwrap_or_default(),
                         ready,
+                        labels: pod
+                            .as_ref()
+                            .map(|p| p.metadata.labels.clone())
+                            .unwrap_or_default(),
                         pod: pod.clone(),
                     });
                 }
@@ -330,6 +387,7 @@ fn from_pods(svc: &ServiceInfo, pods: &BTreeMap<(String, String), Arc<Pod>>) -> 
                     port,
                     port_name: p.name.clone(),
                     ready: true,
+                    labels: pod.metadata.labels.clone(),
                     pod: Some(pod.clone()),
                 });
             }
@@ -371,6 +429,10 @@ impl Snapshot {
                 }
                 Object::Deployment(_) => {}
                 Object::Istio(c) => snap.istio.push(Arc::new(c.clone())),
+                Object::Secret(sec) => {
+                    snap.secrets
+                        .insert((ns, sec.metadata.name.clone()), Arc::new(sec.clone()));
+                }
             }
         }
         // Explicit VIPs first, so allocated ones never collide with them.
@@ -407,6 +469,14 @@ impl Snapshot {
                 selector: s.spec.selector.clone(),
                 endpoints: Vec::new(),
                 creation: s.metadata.creation_timestamp.clone(),
+                resolution: if vip.is_some() {
+                    Resolution::ClientSideLb
+                } else {
+                    Resolution::Passthrough
+                },
+                mesh_external: false,
+                dns_endpoints: Vec::new(),
+                service_entry: None,
             };
             let key = (ns.clone(), name.clone());
             info.endpoints = if let Some(sl) = slices.get(&key) {
@@ -418,7 +488,18 @@ impl Snapshot {
             };
             snap.services.push(Arc::new(info));
         }
+        snap.config = IstioIndex::build(snap.istio.iter().map(|c| &**c));
+        let known_hosts: HashSet<String> = snap.services.iter().map(|s| s.hostname.clone()).collect();
+        for se in &snap.config.service_entries {
+            for info in crate::service_entry::services(se, &snap.pods) {
+                // A host a Kubernetes Service already has keeps the Service (first registry wins).
+                if !known_hosts.contains(&info.hostname) {
+                    snap.services.push(Arc::new(info));
+                }
+            }
+        }
         snap.services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        snap.services.dedup_by(|a, b| a.hostname == b.hostname);
         let mut orphans: Vec<String> = endpoints
             .keys()
             .filter(|k| !known.contains(*k))

@@ -86,11 +86,7 @@ fn each_bad_input_is_named_and_the_rest_keeps_working() {
     assert_eq!(snap.services.len(), 1);
     let mesh = MeshConfig::default();
     let proxy = Proxy::sidecar("198.18.0.21".parse().unwrap(), "client", "shop");
-    let ctx = Context {
-        snap: &snap,
-        proxy: &proxy,
-        mesh: &mesh,
-    };
+    let ctx = Context::new(&snap, &proxy, &mesh);
     let routes = gen::route::routes(&ctx, &["80".into()]);
     assert_eq!(routes[0].virtual_hosts[0].name, "web.shop.svc.cluster.local:80");
     let eps = gen::endpoint::endpoints(&ctx, &[]);

@@ -5,229 +5,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Arc;
+mod support;
 
-use pilot::gen::{self, Context, MeshConfig};
-use pilot::proxy::Proxy;
-use pilot::registry::dir::ConfigDir;
-use pilot::registry::{Event, Store};
-use pilot::snapshot::Snapshot;
-use prost::Message;
-use xds::pb::envoy::config::cluster::v3::Cluster;
-use xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use xds::pb::envoy::config::listener::v3::{filter, FilterChain, Listener};
-use xds::pb::envoy::config::route::v3::{route, route_action, route_match, RouteConfiguration};
+use std::collections::BTreeSet;
+
+use support::*;
+use xds::pb::envoy::config::listener::v3::filter;
+use xds::pb::envoy::config::route::v3::{route, route_action, route_match};
 use xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
-use xds::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
-
-fn snapshot(dir: &str) -> Arc<Snapshot> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/testdata")
-        .join(dir);
-    let mut src = ConfigDir::new(path, std::time::Duration::from_secs(1));
-    let mut store = Store::default();
-    for e in src.scan() {
-        assert!(!matches!(e, Event::Problem { problem: Some(_), .. }), "{e:?}");
-        store.apply(e);
-    }
-    store.apply(Event::Synced);
-    let snap = store.rebuild();
-    assert!(snap.problems.is_empty(), "{:?}", snap.problems);
-    snap
-}
-
-fn sidecar(ip: &str, pod: &str, ns: &str) -> Proxy {
-    Proxy::sidecar(ip.parse::<IpAddr>().unwrap(), pod, ns)
-}
-
-struct Generated {
-    listeners: Vec<Listener>,
-    routes: Vec<RouteConfiguration>,
-    clusters: Vec<Cluster>,
-    endpoints: Vec<ClusterLoadAssignment>,
-}
-
-fn generate(snap: &Snapshot, proxy: &Proxy) -> Generated {
-    let mesh = MeshConfig::default();
-    let ctx = Context {
-        snap,
-        proxy,
-        mesh: &mesh,
-    };
-    let g = Generated {
-        listeners: gen::listener::listeners(&ctx),
-        routes: gen::route::routes(&ctx, &[]),
-        clusters: gen::cluster::clusters(&ctx),
-        endpoints: gen::endpoint::endpoints(&ctx, &[]),
-    };
-    accepted_by_skiff_proxy(&g);
-    g
-}
-
-/// Skiff's own proxy must take every generated resource without an error.
-fn accepted_by_skiff_proxy(g: &Generated) {
-    let mut warnings = Vec::new();
-    for l in &g.listeners {
-        proxy::convert::listener(l, &mut warnings).unwrap_or_else(|e| panic!("{e}"));
-    }
-    for r in &g.routes {
-        proxy::convert::route_config(r, &mut warnings).unwrap_or_else(|e| panic!("{e}"));
-    }
-    for c in &g.clusters {
-        proxy::convert::cluster(c, &mut warnings).unwrap_or_else(|e| panic!("{e}"));
-    }
-    for e in &g.endpoints {
-        let ctx = proxy::convert::Ctx::new("cluster", &e.cluster_name, &mut warnings);
-        proxy::convert::load_assignment(&ctx, "endpoints", e, false).unwrap_or_else(|e| panic!("{e}"));
-    }
-}
-
-// === istioctl's table rules (reference §6.1–6.4) ===
-
-fn typed<M: Message + Default>(any: &xds::pb::google::protobuf::Any) -> M {
-    M::decode(any.value.as_slice()).unwrap()
-}
-
-fn chain_match(fc: &FilterChain) -> String {
-    let Some(m) = &fc.filter_chain_match else {
-        return "ALL".into();
-    };
-    let mut parts = Vec::new();
-    if !m.server_names.is_empty() {
-        parts.push(format!("SNI: {}", m.server_names.join(",")));
-    }
-    if !m.transport_protocol.is_empty() {
-        parts.push(format!("Trans: {}", m.transport_protocol));
-    }
-    if !m.application_protocols.is_empty() {
-        parts.push(format!("App: {}", m.application_protocols.join(",")));
-    }
-    let port = m.destination_port.as_ref().map(|p| p.value);
-    if !m.prefix_ranges.is_empty() {
-        let ranges: Vec<String> = m
-            .prefix_ranges
-            .iter()
-            .map(|r| {
-                format!(
-                    "{}/{}",
-                    r.address_prefix,
-                    r.prefix_len.as_ref().map_or(0, |l| l.value)
-                )
-            })
-            .collect();
-        let mut s = format!("Addr: {}", ranges.join(","));
-        if let Some(p) = port {
-            s.push_str(&format!(":{p}"));
-        }
-        parts.push(s);
-    } else if let Some(p) = port {
-        parts.push(format!("Addr: *:{p}"));
-    }
-    if parts.is_empty() {
-        "ALL".into()
-    } else {
-        parts.join("; ")
-    }
-}
-
-fn cluster_label(name: &str) -> String {
-    if name.contains("Cluster") {
-        name.to_owned()
-    } else {
-        format!("Cluster: {name}")
-    }
-}
-
-fn destination(fc: &FilterChain) -> String {
-    for f in &fc.filters {
-        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            continue;
-        };
-        if any.type_url.ends_with("HttpConnectionManager") {
-            let h: HttpConnectionManager = typed(any);
-            match h.route_specifier.unwrap() {
-                RouteSpecifier::Rds(r) => return format!("Route: {}", r.route_config_name),
-                RouteSpecifier::RouteConfig(rc) => {
-                    let vh = &rc.virtual_hosts[0];
-                    let Some(route::Action::Route(a)) = &vh.routes[0].action else {
-                        panic!()
-                    };
-                    let Some(route_action::ClusterSpecifier::Cluster(c)) = &a.cluster_specifier else {
-                        panic!()
-                    };
-                    return cluster_label(c);
-                }
-                RouteSpecifier::ScopedRoutes(_) => panic!(),
-            }
-        }
-        if any.type_url.ends_with("TcpProxy") {
-            let t: TcpProxy = typed(any);
-            let Some(tcp_proxy::ClusterSpecifier::Cluster(c)) = t.cluster_specifier else {
-                panic!()
-            };
-            if c == "BlackHoleCluster" {
-                return "Non-HTTP/Non-TCP".into();
-            }
-            return cluster_label(&c);
-        }
-    }
-    "Non-HTTP/Non-TCP".into()
-}
-
-/// `ADDRESSES PORT MATCH DESTINATION` rows (columns joined by ` | `).
-fn listener_rows(ls: &[Listener]) -> BTreeSet<String> {
-    let mut rows = BTreeSet::new();
-    for l in ls {
-        let Some(xds::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) =
-            l.address.as_ref().and_then(|a| a.address.clone())
-        else {
-            panic!()
-        };
-        let Some(xds::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(port)) =
-            sa.port_specifier
-        else {
-            panic!()
-        };
-        for fc in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
-            rows.insert(format!(
-                "{} | {port} | {} | {}",
-                sa.address,
-                chain_match(fc),
-                destination(fc)
-            ));
-        }
-    }
-    rows
-}
-
-/// Parses an istioctl table by its header's column starts.
-fn table(text: &str) -> Vec<Vec<String>> {
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header = lines.next().unwrap();
-    let mut starts = vec![0];
-    let bytes = header.as_bytes();
-    for i in 1..bytes.len() {
-        if bytes[i] != b' ' && bytes[i - 1] == b' ' && i >= 2 && bytes[i - 2] == b' ' {
-            starts.push(i);
-        }
-    }
-    // Single-space separated headers (the listener table) use the first row's layout instead.
-    lines
-        .map(|l| {
-            let mut cells = Vec::new();
-            for (n, s) in starts.iter().enumerate() {
-                let end = starts.get(n + 1).copied().unwrap_or(l.len()).min(l.len());
-                cells.push(l.get(*s..end).unwrap_or("").trim().to_owned());
-            }
-            cells
-        })
-        .collect()
-}
 
 /// Seed 004: `istioctl proxy-config -n sidecar listener toolbox-97948fc8-ptlct` (verbatim).
 const SEED_LISTENERS: &str = "\
@@ -329,41 +116,6 @@ fn toolbox_listeners_match_seed_004() {
             "198.18.0.0/15"
         ]
     );
-}
-
-/// `istioctl`'s `describeRouteDomains`.
-fn describe_domains(d: &[String]) -> String {
-    if d.len() == 1 {
-        return d[0].clone();
-    }
-    let kept: Vec<&String> = d
-        .iter()
-        .filter(|x| !x.contains(':') || x.starts_with('['))
-        .collect();
-    let present: BTreeSet<&str> = kept.iter().map(|s| s.as_str()).collect();
-    let unexpanded: Vec<&String> = kept
-        .iter()
-        .copied()
-        .filter(|x| {
-            let a = x.strip_suffix(".svc.cluster.local");
-            let b = x.strip_suffix(".svc");
-            !(a.is_some_and(|s| present.contains(s)) || b.is_some_and(|s| present.contains(s)))
-        })
-        .collect();
-    if unexpanded.len() > 2 {
-        format!(
-            "{}, {} + {} more...",
-            unexpanded[0],
-            unexpanded[1],
-            unexpanded.len() - 2
-        )
-    } else {
-        unexpanded
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 /// Seed 004: `istioctl proxy-config -n sidecar route toolbox-97948fc8-ptlct` (RDS rows only:
@@ -495,21 +247,6 @@ sds-grpc                                                -         -          -  
 xds-grpc                                                -         -          -             STATIC
 zipkin                                                  -         -          -             STRICT_DNS
 ";
-
-fn cluster_row(c: &Cluster) -> String {
-    use xds::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
-    let t = match c.cluster_discovery_type {
-        Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(t).unwrap().as_str_name(),
-        _ => "?",
-    };
-    let parts: Vec<&str> = c.name.split('|').collect();
-    if parts.len() > 3 {
-        let subset = if parts[2].is_empty() { "-" } else { parts[2] };
-        format!("{} | {} | {subset} | {} | {t}", parts[3], parts[1], parts[0])
-    } else {
-        format!("{} | - | - | - | {t}", c.name)
-    }
-}
 
 #[test]
 fn toolbox_clusters_match_seed_004() {

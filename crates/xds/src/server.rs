@@ -39,12 +39,21 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// SDS over ADS: gateways' `credentialName` certificates (`kubernetes://NAME`), as istiod serves them.
+pub const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 /// Istio's extension config discovery; never sent by Skiff, reported as `NOT SENT`.
 pub const EXTENSION_CONFIG_TYPE: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
 
 /// The order a full push goes out in, as the xDS protocol asks (clusters and their endpoints
-/// before the listeners and routes that point at them).
-const PUSH_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+/// before the listeners and routes that point at them; secrets after the listeners that name
+/// them).
+const PUSH_ORDER: [&str; 5] = [
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+];
 
 /// Short names used in logs, metrics and sync status.
 pub fn short_type(type_url: &str) -> &'static str {
@@ -53,6 +62,7 @@ pub fn short_type(type_url: &str) -> &'static str {
         ENDPOINT_TYPE => "eds",
         LISTENER_TYPE => "lds",
         ROUTE_TYPE => "rds",
+        SECRET_TYPE => "sds",
         EXTENSION_CONFIG_TYPE => "ecds",
         _ => "other",
     }
@@ -627,7 +637,7 @@ impl<G: Generator> Connection<G> {
     fn on_request(&mut self, req: DiscoveryRequest) {
         let type_url = req.type_url.clone();
         if !PUSH_ORDER.contains(&type_url.as_str()) {
-            // Unknown types (secrets, ECDS, Istio debug types) get an empty answer so the proxy does
+            // Unknown types (ECDS, Istio debug types) get an empty answer so the proxy does
             // not wait on them.
             if req.response_nonce.is_empty() {
                 self.send(&type_url, Vec::new(), None);

@@ -6,7 +6,8 @@ use xds::pb::envoy::config::endpoint::v3 as endpoint;
 use xds::pb::google::protobuf::Struct;
 
 use super::{outbound_cluster_name, socket_address, string_value, u32_value, Context};
-use crate::snapshot::{Endpoint, Protocol, ServiceInfo, ServicePort};
+use crate::proxy::NodeType;
+use crate::snapshot::{Endpoint, Protocol, Resolution, ServiceInfo, ServicePort};
 
 /// `istio.workload` = `name;namespace;canonical service;canonical revision;cluster`.
 fn metadata(ep: &Endpoint, svc: &ServiceInfo, cluster_id: &str) -> Option<core::Metadata> {
@@ -80,11 +81,16 @@ pub fn workload_name(pod: &crate::model::Pod) -> String {
     }
 }
 
-fn assignment(svc: &ServiceInfo, port: &ServicePort) -> endpoint::ClusterLoadAssignment {
-    let name = outbound_cluster_name(port.port, &svc.hostname);
+fn assignment(
+    svc: &ServiceInfo,
+    port: &ServicePort,
+    name: String,
+    subset: Option<&std::collections::BTreeMap<String, String>>,
+) -> endpoint::ClusterLoadAssignment {
     let mut lb_endpoints: Vec<endpoint::LbEndpoint> = svc
         .endpoints_for(port)
         .filter(|e| e.ready)
+        .filter(|e| subset.is_none_or(|want| want.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
         .map(|e| endpoint::LbEndpoint {
             host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
                 endpoint::Endpoint {
@@ -118,34 +124,73 @@ fn assignment(svc: &ServiceInfo, port: &ServicePort) -> endpoint::ClusterLoadAss
     }
 }
 
-/// The assignments for `names` (all EDS clusters when empty), skipping names that are not EDS
-/// clusters of a known Service. They do not depend on the proxy, so they can be shared.
+/// Whether a Service's clusters get their endpoints by EDS for this proxy (Istio's
+/// `convertResolution`: ClientSideLB, and headless Services for gateways).
+fn uses_eds(ctx: &Context<'_>, svc: &ServiceInfo) -> bool {
+    match svc.resolution {
+        Resolution::ClientSideLb => true,
+        Resolution::Passthrough => ctx.proxy.node_type == NodeType::Router && svc.service_entry.is_none(),
+        Resolution::Dns | Resolution::DnsRoundRobin => false,
+    }
+}
+
+/// The assignments for `names` (all EDS clusters when empty): each Service port's, and one per
+/// subset of its DestinationRule (endpoints whose labels carry the subset's). They depend on the
+/// proxy only through the DestinationRule it sees, so proxies of one namespace share them.
 pub fn endpoints(ctx: &Context<'_>, names: &[String]) -> Vec<endpoint::ClusterLoadAssignment> {
     let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    let want = |n: &str| wanted.is_empty() || wanted.contains(n);
     let mut out = Vec::new();
     for svc in ctx.services() {
-        if svc.vip.is_none() {
+        if !uses_eds(ctx, svc) {
             continue;
         }
+        let dr = ctx.destination_rule(&svc.hostname);
         for port in &svc.ports {
             if port.protocol == Protocol::Udp {
                 continue;
             }
             let name = outbound_cluster_name(port.port, &svc.hostname);
-            if wanted.is_empty() || wanted.contains(name.as_str()) {
-                out.push(assignment(svc, port));
+            if want(&name) {
+                out.push(assignment(svc, port, name, None));
+            }
+            for subset in dr.iter().flat_map(|d| &d.spec.subsets) {
+                let passthrough = subset
+                    .traffic_policy
+                    .as_ref()
+                    .and_then(|p| p.load_balancer.as_ref())
+                    .and_then(|l| l.simple)
+                    == Some(api::networking::SimpleLb::Passthrough);
+                let name = format!("outbound|{}|{}|{}", port.port, subset.name, svc.hostname);
+                if !passthrough && want(&name) {
+                    out.push(assignment(svc, port, name, Some(&subset.labels)));
+                }
             }
         }
     }
     out
 }
 
-/// Cluster names whose endpoints belong to these Services (for EDS-only pushes).
-pub fn cluster_names(svc: &ServiceInfo) -> Vec<String> {
+/// Cluster names whose endpoints belong to this Service (for EDS-only pushes): its ports, and
+/// the subsets of every DestinationRule naming its host.
+pub fn cluster_names(snap: &crate::snapshot::Snapshot, svc: &ServiceInfo) -> Vec<String> {
+    let subsets: Vec<&str> = snap
+        .config
+        .destination_rules
+        .iter()
+        .filter(|d| api::host::subset_of(&svc.hostname, &d.spec.host))
+        .flat_map(|d| d.spec.subsets.iter().map(|s| s.name.as_str()))
+        .collect();
     svc.ports
         .iter()
         .filter(|p| p.protocol != Protocol::Udp)
-        .map(|p| outbound_cluster_name(p.port, &svc.hostname))
+        .flat_map(|p| {
+            std::iter::once(outbound_cluster_name(p.port, &svc.hostname)).chain(
+                subsets
+                    .iter()
+                    .map(move |s| format!("outbound|{}|{s}|{}", p.port, svc.hostname)),
+            )
+        })
         .collect()
 }
 

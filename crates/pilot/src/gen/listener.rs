@@ -25,7 +25,7 @@ use super::{
     ads_source, any, bool_value, cidr, inbound_cluster_name, outbound_cluster_name, secs, socket_address,
     Context, BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH,
 };
-use crate::snapshot::{IntOrStringExt, ListenerProtocol, Protocol, ServiceInfo, ServicePort};
+use crate::snapshot::{IntOrStringExt, ListenerProtocol, Protocol, Resolution, ServiceInfo, ServicePort};
 
 /// Ports of the sidecar itself: a wildcard outbound listener there would shadow them.
 const RESERVED_PORTS: [u16; 4] = [15001, 15006, 15021, 15090];
@@ -35,7 +35,7 @@ const PLAINTEXT_HTTP_ALPNS: [&str; 2] = ["http/1.1", "h2c"];
 
 /// Where Envoy ≥1.33 must trust `x-forwarded-for`/`x-envoy-*` from (it trusts no one by default;
 /// Istio relied on the old default of RFC 1918 + loopback). 198.18.0.0/15 is Skiff's test range.
-const INTERNAL_CIDRS: [(&str, u32); 5] = [
+pub(super) const INTERNAL_CIDRS: [(&str, u32); 5] = [
     ("10.0.0.0", 8),
     ("172.16.0.0", 12),
     ("192.168.0.0", 16),
@@ -43,7 +43,7 @@ const INTERNAL_CIDRS: [(&str, u32); 5] = [
     ("198.18.0.0", 15),
 ];
 
-fn filter(name: &str, config: xds::pb::google::protobuf::Any) -> listener::Filter {
+pub(super) fn filter(name: &str, config: xds::pb::google::protobuf::Any) -> listener::Filter {
     listener::Filter {
         name: name.into(),
         config_type: Some(listener::filter::ConfigType::TypedConfig(config)),
@@ -78,7 +78,7 @@ fn listener_filter(
     }
 }
 
-fn tls_inspector() -> listener::ListenerFilter {
+pub(super) fn tls_inspector() -> listener::ListenerFilter {
     listener_filter(
         "envoy.filters.listener.tls_inspector",
         any(&TlsInspector::default()),
@@ -94,7 +94,7 @@ fn http_inspector(disabled_ports: &[u16]) -> listener::ListenerFilter {
     )
 }
 
-fn access_logs(ctx: &Context<'_>) -> Vec<accesslog::AccessLog> {
+pub(super) fn access_logs(ctx: &Context<'_>) -> Vec<accesslog::AccessLog> {
     let Some(path) = &ctx.mesh.access_log_file else {
         return Vec::new();
     };
@@ -121,7 +121,7 @@ fn access_logs(ctx: &Context<'_>) -> Vec<accesslog::AccessLog> {
     }]
 }
 
-fn tcp(ctx: &Context<'_>, stat_prefix: &str, cluster: &str) -> listener::Filter {
+pub(super) fn tcp(ctx: &Context<'_>, stat_prefix: &str, cluster: &str) -> listener::Filter {
     let c = tcp_proxy::TcpProxy {
         stat_prefix: stat_prefix.into(),
         cluster_specifier: Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
@@ -131,7 +131,7 @@ fn tcp(ctx: &Context<'_>, stat_prefix: &str, cluster: &str) -> listener::Filter 
     filter("envoy.filters.network.tcp_proxy", any(&c))
 }
 
-fn http_filters() -> Vec<hcm::HttpFilter> {
+pub(super) fn http_filters() -> Vec<hcm::HttpFilter> {
     let f = |name: &str, config| hcm::HttpFilter {
         name: name.into(),
         config_type: Some(hcm::http_filter::ConfigType::TypedConfig(config)),
@@ -189,7 +189,7 @@ fn http_connection_manager(
     filter("envoy.filters.network.http_connection_manager", any(&c))
 }
 
-fn rds(name: &str) -> hcm::http_connection_manager::RouteSpecifier {
+pub(super) fn rds(name: &str) -> hcm::http_connection_manager::RouteSpecifier {
     hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
         config_source: ads_source(),
         route_config_name: name.into(),
@@ -211,7 +211,9 @@ struct Outbound {
     bind: String,
     port: u16,
     protocol: ListenerProtocol,
-    /// The Services on this listener (for TCP/Auto: the first one is used).
+    /// The Services on this listener: every HTTP Service on `0.0.0.0`; for TCP/sniffed ones the
+    /// first Service keeps a VIP listener, while Services without a VIP share `0.0.0.0_PORT` and
+    /// are told apart by SNI (TLS) — as Istio merges their filter chains.
     services: Vec<(Arc<ServiceInfo>, ServicePort)>,
 }
 
@@ -224,14 +226,17 @@ impl Outbound {
     fn rds_name(&self) -> Option<String> {
         match self.protocol {
             ListenerProtocol::Http => Some(self.port.to_string()),
-            ListenerProtocol::Auto => self
+            ListenerProtocol::Auto if self.bind != WILDCARD => self
                 .services
                 .first()
                 .map(|(s, p)| format!("{}:{}", s.hostname, p.port)),
+            ListenerProtocol::Auto => Some(self.port.to_string()),
             _ => None,
         }
     }
 }
+
+const WILDCARD: &str = "0.0.0.0";
 
 fn outbound_listeners(ctx: &Context<'_>) -> Vec<Outbound> {
     let mut by_key: BTreeMap<(String, u16), Outbound> = BTreeMap::new();
@@ -240,16 +245,12 @@ fn outbound_listeners(ctx: &Context<'_>) -> Vec<Outbound> {
             let protocol = port.protocol.listener();
             let binds: Vec<String> = match protocol {
                 ListenerProtocol::Skip => continue,
-                ListenerProtocol::Http => {
-                    if RESERVED_PORTS.contains(&port.port) {
-                        continue;
-                    }
-                    vec!["0.0.0.0".into()]
-                }
+                ListenerProtocol::Http => vec![WILDCARD.into()],
                 ListenerProtocol::Tcp | ListenerProtocol::Auto => match svc.vip {
                     Some(vip) => vec![vip.to_string()],
-                    // Headless: one listener per endpoint, never the proxy's own address.
-                    None => {
+                    // Headless Kubernetes Services: one listener per endpoint, never the proxy's
+                    // own address.
+                    None if svc.resolution == Resolution::Passthrough && svc.service_entry.is_none() => {
                         let mut ips: Vec<IpAddr> = svc
                             .endpoints_for(port)
                             .filter(|e| e.ready && !ctx.proxy.ips.contains(&e.ip))
@@ -259,13 +260,26 @@ fn outbound_listeners(ctx: &Context<'_>) -> Vec<Outbound> {
                         ips.dedup();
                         ips.iter().map(IpAddr::to_string).collect()
                     }
+                    // A ServiceEntry without an address: the wildcard, told apart by SNI.
+                    None => vec![WILDCARD.into()],
                 },
             };
             for bind in binds {
+                if bind == WILDCARD && RESERVED_PORTS.contains(&port.port) {
+                    continue;
+                }
                 let key = (bind.clone(), port.port);
                 match by_key.get_mut(&key) {
                     Some(existing) => {
-                        if existing.protocol == ListenerProtocol::Http && protocol == ListenerProtocol::Http {
+                        let shared = existing.protocol == protocol
+                            && (protocol == ListenerProtocol::Http || existing.bind == WILDCARD);
+                        if shared {
+                            existing.services.push((svc.clone(), port.clone()));
+                        } else if existing.protocol == ListenerProtocol::Http
+                            && protocol != ListenerProtocol::Http
+                        {
+                            // HTTP and TCP on one wildcard port: Istio upgrades it to sniffing.
+                            existing.protocol = ListenerProtocol::Auto;
                             existing.services.push((svc.clone(), port.clone()));
                         }
                         // TCP/sniffed on an already used VIP:port: the first Service keeps it.
@@ -288,13 +302,245 @@ fn outbound_listeners(ctx: &Context<'_>) -> Vec<Outbound> {
     by_key.into_values().collect()
 }
 
+/// Where traffic nothing else claims goes: `PassthroughCluster` (ALLOW_ANY) or
+/// `BlackHoleCluster` (REGISTRY_ONLY).
+fn fallthrough(ctx: &Context<'_>) -> &'static str {
+    if ctx.allow_any() {
+        PASSTHROUGH
+    } else {
+        BLACKHOLE
+    }
+}
+
 fn passthrough_chain(ctx: &Context<'_>) -> listener::FilterChain {
+    let to = fallthrough(ctx);
     listener::FilterChain {
         name: "PassthroughFilterChain".into(),
         filter_chain_match: Some(listener::FilterChainMatch::default()),
-        filters: vec![tcp(ctx, PASSTHROUGH, PASSTHROUGH)],
+        filters: vec![tcp(ctx, to, to)],
         ..Default::default()
     }
+}
+
+/// Istio's `filterChainOpts` for a TCP-level chain.
+struct TcpChain {
+    sni: Vec<String>,
+    cidrs: Vec<String>,
+    filters: Vec<listener::Filter>,
+    metadata: Option<core::Metadata>,
+}
+
+impl TcpChain {
+    fn is_match_all(&self) -> bool {
+        (self.sni.is_empty() || self.sni.iter().any(|h| h == "*")) && self.cidrs.is_empty()
+    }
+
+    /// Istio's `toFilterChainMatch`.
+    fn chain_match(&self) -> Option<listener::FilterChainMatch> {
+        if self.is_match_all() {
+            return None;
+        }
+        let mut m = listener::FilterChainMatch::default();
+        if !self.sni.iter().any(|h| h == "*") {
+            let mut sni = self.sni.clone();
+            sni.sort();
+            m.server_names = sni;
+        }
+        let mut cidrs = self.cidrs.clone();
+        cidrs.sort();
+        for c in cidrs {
+            let (ip, len) = match c.split_once('/') {
+                Some((ip, len)) => (ip.to_owned(), len.parse().unwrap_or(32)),
+                None => (c.clone(), if c.contains(':') { 128 } else { 32 }),
+            };
+            if ip != "0.0.0.0" {
+                m.prefix_ranges.push(cidr(&ip, len));
+            }
+        }
+        Some(m)
+    }
+
+    /// Istio's `conflictsWith`: same SNI set (ignoring `*`) and same destination CIDRs.
+    fn conflicts_with(&self, other: &TcpChain) -> bool {
+        let set = |v: &[String]| -> std::collections::BTreeSet<String> {
+            v.iter().filter(|h| *h != "*").cloned().collect()
+        };
+        set(&self.sni) == set(&other.sni) && set(&self.cidrs) == set(&other.cidrs)
+    }
+}
+
+/// A `tcp_proxy` to one cluster or, for several VirtualService destinations, weighted clusters
+/// (Istio's `buildOutboundNetworkFilters`).
+fn tcp_to_destinations(
+    ctx: &Context<'_>,
+    routes: &[api::networking::RouteDestination],
+    port: u16,
+    vs: &crate::istio::Resource<api::networking::VirtualService>,
+) -> Vec<listener::Filter> {
+    let cluster_of = |d: &api::networking::RouteDestination| {
+        let dst = d.destination.clone().unwrap_or_default();
+        super::vs::destination_cluster(&dst, ctx.service(&dst.host).map(|s| &**s), port)
+    };
+    if routes.len() == 1 {
+        let c = cluster_of(&routes[0]);
+        return vec![tcp(ctx, &c, &c)];
+    }
+    let clusters = routes
+        .iter()
+        .filter(|d| d.weight > 0)
+        .map(|d| tcp_proxy::tcp_proxy::weighted_cluster::ClusterWeight {
+            name: cluster_of(d),
+            weight: d.weight as u32,
+            ..Default::default()
+        })
+        .collect();
+    let c = tcp_proxy::TcpProxy {
+        stat_prefix: format!("{}.{}", vs.name, vs.namespace),
+        cluster_specifier: Some(tcp_proxy::tcp_proxy::ClusterSpecifier::WeightedClusters(
+            tcp_proxy::tcp_proxy::WeightedCluster { clusters },
+        )),
+        access_log: access_logs(ctx),
+        ..Default::default()
+    };
+    vec![filter("envoy.filters.network.tcp_proxy", any(&c))]
+}
+
+/// The mesh VirtualServices naming `hostname` (Istio's `getConfigsForHost`).
+fn configs_for_host<'c>(
+    ctx: &'c Context<'_>,
+    hostname: &str,
+) -> Vec<&'c Arc<crate::istio::Resource<api::networking::VirtualService>>> {
+    ctx.scope()
+        .virtual_services
+        .iter()
+        .filter(|vs| vs.spec.hosts.iter().any(|h| api::host::matches(h, hostname)))
+        .collect()
+}
+
+fn l4_applies(
+    ctx: &Context<'_>,
+    gateways: &[String],
+    labels: &BTreeMap<String, String>,
+    port: u32,
+    source_ns: &str,
+    listen: u16,
+) -> bool {
+    let proxy_labels = ctx.labels();
+    (gateways.is_empty() || gateways.iter().any(|g| g == api::MESH_GATEWAY))
+        && labels.iter().all(|(k, v)| proxy_labels.get(k) == Some(v))
+        && (port == 0 || port == u32::from(listen))
+        && (source_ns.is_empty() || source_ns == ctx.proxy.namespace)
+}
+
+/// Istio's `buildSidecarOutboundTLSFilterChainOpts` / `buildSidecarOutboundTCPFilterChainOpts`:
+/// the chains of one Service on a TCP listener, from its VirtualService's `tls`/`tcp` rules, else
+/// straight to its cluster (with its hostname as SNI when the listener is the wildcard).
+fn tcp_chains(ctx: &Context<'_>, o: &Outbound, svc: &ServiceInfo, port: &ServicePort) -> Vec<TcpChain> {
+    let configs = configs_for_host(ctx, &svc.hostname);
+    let mut out = Vec::new();
+    let default_cluster = || {
+        let p = if svc.ports.len() == 1 {
+            svc.ports[0].port
+        } else {
+            port.port
+        };
+        outbound_cluster_name(p, &svc.hostname)
+    };
+    if port.protocol.is_tls() {
+        let mut handled = std::collections::BTreeSet::new();
+        for vs in &configs {
+            for tls in &vs.spec.tls {
+                for m in &tls.matches {
+                    if !l4_applies(
+                        ctx,
+                        &m.gateways,
+                        &m.source_labels,
+                        m.port,
+                        &m.source_namespace,
+                        o.port,
+                    ) {
+                        continue;
+                    }
+                    let key = format!("{}|{}", m.sni_hosts.join(","), m.destination_subnets.join(","));
+                    if handled.insert(key) {
+                        out.push(TcpChain {
+                            sni: m.sni_hosts.clone(),
+                            cidrs: m.destination_subnets.clone(),
+                            filters: tcp_to_destinations(ctx, &tls.route, o.port, vs),
+                            metadata: super::vs::config_metadata(&vs.config_path("virtual-service")),
+                        });
+                    }
+                }
+            }
+        }
+        if out.is_empty() {
+            let c = default_cluster();
+            out.push(TcpChain {
+                sni: if o.bind == WILDCARD {
+                    vec![svc.hostname.clone()]
+                } else {
+                    Vec::new()
+                },
+                cidrs: Vec::new(),
+                filters: vec![tcp(ctx, &c, &c)],
+                metadata: None,
+            });
+        }
+        return out;
+    }
+    'rules: for vs in &configs {
+        for rule in &vs.spec.tcp {
+            if rule.matches.is_empty() {
+                out.push(TcpChain {
+                    sni: Vec::new(),
+                    cidrs: Vec::new(),
+                    filters: tcp_to_destinations(ctx, &rule.route, o.port, vs),
+                    metadata: super::vs::config_metadata(&vs.config_path("virtual-service")),
+                });
+                break 'rules;
+            }
+            let mut subnets = Vec::new();
+            for m in &rule.matches {
+                if l4_applies(
+                    ctx,
+                    &m.gateways,
+                    &m.source_labels,
+                    m.port,
+                    &m.source_namespace,
+                    o.port,
+                ) {
+                    if m.destination_subnets.is_empty() {
+                        out.push(TcpChain {
+                            sni: Vec::new(),
+                            cidrs: Vec::new(),
+                            filters: tcp_to_destinations(ctx, &rule.route, o.port, vs),
+                            metadata: super::vs::config_metadata(&vs.config_path("virtual-service")),
+                        });
+                        break 'rules;
+                    }
+                    subnets.extend(m.destination_subnets.iter().cloned());
+                }
+            }
+            if !subnets.is_empty() {
+                out.push(TcpChain {
+                    sni: Vec::new(),
+                    cidrs: subnets,
+                    filters: tcp_to_destinations(ctx, &rule.route, o.port, vs),
+                    metadata: None,
+                });
+            }
+        }
+    }
+    if !out.iter().any(TcpChain::is_match_all) {
+        let c = default_cluster();
+        out.push(TcpChain {
+            sni: Vec::new(),
+            cidrs: Vec::new(),
+            filters: vec![tcp(ctx, &c, &c)],
+            metadata: None,
+        });
+    }
+    out
 }
 
 fn build_outbound(ctx: &Context<'_>, o: &Outbound) -> listener::Listener {
@@ -309,12 +555,24 @@ fn build_outbound(ctx: &Context<'_>, o: &Outbound) -> listener::Listener {
         ..Default::default()
     };
     let stat_prefix = format!("outbound_{name}");
-    let tcp_chain = |(svc, port): &(Arc<ServiceInfo>, ServicePort)| {
-        let cluster = outbound_cluster_name(port.port, &svc.hostname);
-        listener::FilterChain {
-            filters: vec![tcp(ctx, &cluster, &cluster)],
-            ..Default::default()
+    // The TCP chains of the listener's Services, merged (a chain whose match repeats an earlier
+    // one is dropped, as Istio's `mergeTCPFilterChains` does).
+    let tcp_chains_of = |services: &[(Arc<ServiceInfo>, ServicePort)]| {
+        let mut merged: Vec<TcpChain> = Vec::new();
+        for (svc, port) in services {
+            for c in tcp_chains(ctx, o, svc, port) {
+                if !merged.iter().any(|m| m.conflicts_with(&c)) {
+                    merged.push(c);
+                }
+            }
         }
+        merged
+    };
+    let to_chain = |c: TcpChain| listener::FilterChain {
+        filter_chain_match: c.chain_match(),
+        filters: c.filters,
+        metadata: c.metadata,
+        ..Default::default()
     };
     match o.protocol {
         ListenerProtocol::Http => {
@@ -332,7 +590,25 @@ fn build_outbound(ctx: &Context<'_>, o: &Outbound) -> listener::Listener {
             l.default_filter_chain = Some(passthrough_chain(ctx));
         }
         ListenerProtocol::Tcp => {
-            l.filter_chains = o.services.first().map(tcp_chain).into_iter().collect();
+            let services: Vec<(Arc<ServiceInfo>, ServicePort)> = if o.bind == WILDCARD {
+                o.services.clone()
+            } else {
+                o.services.first().cloned().into_iter().collect()
+            };
+            let chains = tcp_chains_of(&services);
+            if chains.iter().any(|c| !c.sni.is_empty()) {
+                l.listener_filters = vec![tls_inspector()];
+            }
+            let (all, matched): (Vec<TcpChain>, Vec<TcpChain>) =
+                chains.into_iter().partition(TcpChain::is_match_all);
+            l.filter_chains = matched.into_iter().map(to_chain).collect();
+            l.default_filter_chain = all.into_iter().next().map(to_chain);
+            if l.filter_chains.is_empty() {
+                // A single match-all chain is a plain chain (Istio's `buildListenerFromEntry`).
+                l.filter_chains = l.default_filter_chain.take().into_iter().collect();
+            } else if l.default_filter_chain.is_none() {
+                l.default_filter_chain = Some(passthrough_chain(ctx));
+            }
         }
         ListenerProtocol::Auto => {
             l.listener_filters = vec![tls_inspector(), http_inspector(&[])];
@@ -342,7 +618,20 @@ fn build_outbound(ctx: &Context<'_>, o: &Outbound) -> listener::Listener {
                 filters: vec![http_connection_manager(ctx, stat_prefix, rds(&route), None)],
                 ..Default::default()
             }];
-            l.default_filter_chain = o.services.first().map(tcp_chain);
+            let services: Vec<(Arc<ServiceInfo>, ServicePort)> = o
+                .services
+                .iter()
+                .filter(|(_, p)| p.protocol.listener() != ListenerProtocol::Http)
+                .take(1)
+                .cloned()
+                .collect();
+            let mut chains = tcp_chains_of(&services);
+            let all = chains
+                .iter()
+                .position(TcpChain::is_match_all)
+                .map(|i| chains.remove(i));
+            l.filter_chains.extend(chains.into_iter().map(to_chain));
+            l.default_filter_chain = Some(all.map(to_chain).unwrap_or_else(|| passthrough_chain(ctx)));
         }
         ListenerProtocol::Skip => {}
     }
@@ -367,7 +656,7 @@ fn virtual_outbound(ctx: &Context<'_>) -> listener::Listener {
             },
             listener::FilterChain {
                 name: "virtualOutbound-catchall-tcp".into(),
-                filters: vec![tcp(ctx, PASSTHROUGH, PASSTHROUGH)],
+                filters: vec![tcp(ctx, fallthrough(ctx), fallthrough(ctx))],
                 ..Default::default()
             },
         ],
@@ -534,8 +823,12 @@ fn virtual_inbound(ctx: &Context<'_>) -> listener::Listener {
     }
 }
 
-/// Every listener of a sidecar: outbound per-port listeners, `virtualOutbound`, `virtualInbound`.
+/// Every listener of a sidecar: outbound per-port listeners, `virtualOutbound`, `virtualInbound`
+/// (a gateway's come from its Gateways, see [`super::gateway`]).
 pub fn listeners(ctx: &Context<'_>) -> Vec<listener::Listener> {
+    if ctx.proxy.node_type == crate::proxy::NodeType::Router {
+        return super::gateway::listeners(ctx);
+    }
     let mut out: Vec<listener::Listener> = outbound_listeners(ctx)
         .iter()
         .map(|o| build_outbound(ctx, o))
@@ -547,6 +840,9 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<listener::Listener> {
 
 /// The RDS names this proxy's listeners refer to.
 pub fn rds_names(ctx: &Context<'_>) -> Vec<String> {
+    if ctx.proxy.node_type == crate::proxy::NodeType::Router {
+        return super::gateway::rds_names(ctx);
+    }
     let mut names: Vec<String> = outbound_listeners(ctx)
         .iter()
         .filter_map(Outbound::rds_name)

@@ -1,7 +1,9 @@
 //! `skiffd --config-dir DIR`: ordinary Kubernetes manifests in a directory (recursively: `.yaml`,
-//! `.yml`, `.json`; hidden entries skipped), polled for changes. A file that fails to parse is
-//! reported (file, document, object, field) and its last good objects stay in force until it is
-//! fixed. When two files define the same object, the first path in sorted order wins.
+//! `.yml`, `.json`; hidden entries skipped), polled for changes. A resource that fails to parse
+//! or validate is reported (file, document, object, field) and its last good version stays in
+//! force until it is fixed, while the file's other resources still apply; a file that is not
+//! YAML at all keeps all its last good objects. When two files define the same object, the first
+//! path in sorted order wins.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 use super::{Event, Source};
-use crate::model::{parse_manifests, Key, Object};
+use crate::model::{parse_documents, DocError, Key, Object};
 
 /// Identity of a file's content as cheap metadata: changed ⇒ re-read.
 type Stamp = (Option<SystemTime>, u64, u64);
@@ -37,6 +39,41 @@ pub struct ConfigDir {
     merged: BTreeMap<Key, Arc<Object>>,
     /// Duplicate definitions currently ignored, reported as problems of the later file.
     duplicates: BTreeMap<PathBuf, String>,
+}
+
+/// A file's new objects from its documents: the good ones, plus — for an object whose new
+/// version is refused — its last good version, so one bad resource does not take the file's
+/// others down with it. A document that cannot be tied to an object (broken YAML, no kind or
+/// name) fails the file as a whole: its last good objects all stay. `Ok` carries the problem too.
+fn merge_documents(
+    old: &[Arc<Object>],
+    docs: Vec<Result<Object, DocError>>,
+) -> Result<(Vec<Object>, Option<String>), String> {
+    let mut good = Vec::new();
+    let mut errors: Vec<DocError> = Vec::new();
+    for d in docs {
+        match d {
+            Ok(o) => good.push(o),
+            Err(e) => errors.push(e),
+        }
+    }
+    let text = |errors: &[DocError]| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if errors.iter().any(|e| e.key.is_none()) {
+        return Err(text(&errors));
+    }
+    for e in &errors {
+        if let Some(prev) = old.iter().find(|o| e.key.as_deref() == Some(&o.key())) {
+            good.push((**prev).clone());
+        }
+    }
+    let problem = (!errors.is_empty()).then(|| text(&errors));
+    Ok((good, problem))
 }
 
 fn manifest_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -104,22 +141,32 @@ impl ConfigDir {
                 continue;
             }
             let origin = self.rel(p);
-            let parsed = std::fs::read_to_string(p)
-                .map_err(|e| format!("{origin}: cannot read: {e}"))
-                .and_then(|text| parse_manifests(Path::new(&origin), &text).map_err(|e| e.to_string()));
             let entry = self.files.entry(p.clone()).or_insert(FileState {
                 stamp: st,
                 objects: Vec::new(),
                 problem: None,
             });
             entry.stamp = st;
+            let parsed = std::fs::read_to_string(p)
+                .map_err(|e| format!("{origin}: cannot read: {e}"))
+                .and_then(|text| merge_documents(&entry.objects, parse_documents(Path::new(&origin), &text)));
             match parsed {
-                Ok(objects) => {
+                Ok((objects, None)) => {
                     entry.objects = objects.into_iter().map(Arc::new).collect();
                     if entry.problem.take().is_some() {
                         events.push(Event::Problem {
                             origin: origin.clone(),
                             problem: None,
+                        });
+                    }
+                }
+                Ok((objects, Some(e))) => {
+                    entry.objects = objects.into_iter().map(Arc::new).collect();
+                    if entry.problem.as_deref() != Some(e.as_str()) {
+                        entry.problem = Some(e.clone());
+                        events.push(Event::Problem {
+                            origin: origin.clone(),
+                            problem: Some(e),
                         });
                     }
                 }

@@ -24,6 +24,8 @@ pub const KINDS: &[(&str, &str, &str, &str)] = &[
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     ("", "v1", "Pod", "pods"),
     ("apps", "v1", "Deployment", "deployments"),
+    // Certificates for gateways' `credentialName` (only TLS-shaped Secrets are kept).
+    ("", "v1", "Secret", "secrets"),
     (
         "networking.istio.io",
         "v1beta1",
