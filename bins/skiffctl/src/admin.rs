@@ -181,25 +181,28 @@ pub struct LocalMesh {
     pub admin_port: u16,
 }
 
+impl LocalMesh {
+    fn request(&self, pod: &PodRef, method: &str, path: &str) -> Result<String> {
+        let p = lookup_local_pod(pod, &self.flags)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.admin_port));
+        http_in_netns(Some(&p.netns), addr, method, path).with_context(|| {
+            format!(
+                "failed to execute command on {}.{} sidecar (admin {addr} in {}; is its proxy running?)",
+                p.name,
+                p.namespace,
+                p.netns.display()
+            )
+        })
+    }
+}
+
 impl AdminSource for LocalMesh {
     fn get(&self, pod: &PodRef, path: &str) -> Result<String> {
-        let p = lookup_local_pod(pod, &self.flags)?;
-        http_in_netns(
-            Some(&p.netns),
-            SocketAddr::from(([127, 0, 0, 1], self.admin_port)),
-            "GET",
-            path,
-        )
+        self.request(pod, "GET", path)
     }
 
     fn post(&self, pod: &PodRef, path: &str) -> Result<String> {
-        let p = lookup_local_pod(pod, &self.flags)?;
-        http_in_netns(
-            Some(&p.netns),
-            SocketAddr::from(([127, 0, 0, 1], self.admin_port)),
-            "POST",
-            path,
-        )
+        self.request(pod, "POST", path)
     }
 
     fn resolve(&self, pod: &PodRef) -> Result<(String, String)> {
@@ -245,7 +248,7 @@ pub fn request_bytes(method: &str, host: &str, path: &str) -> Vec<u8> {
 /// Sends one request over a fresh connection and returns the body of a 2xx answer.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("cannot connect to {addr} (is the proxy running?)"))?;
+        .with_context(|| format!("cannot connect to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(&request_bytes(method, &addr.to_string(), path))?;

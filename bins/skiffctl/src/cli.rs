@@ -18,8 +18,8 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// A proxy's configuration as istioctl shows it: listeners, routes, clusters, endpoints, ….
-    #[command(subcommand, name = "proxy-config", visible_alias = "pc")]
-    ProxyConfig(crate::proxy_cmd::ProxyConfig),
+    #[command(name = "proxy-config", visible_alias = "pc")]
+    ProxyConfig(crate::proxy_cmd::ProxyConfigCmd),
     /// Each proxy's xDS sync state with the control plane (CDS, LDS, EDS, RDS, ECDS).
     #[command(name = "proxy-status", visible_alias = "ps")]
     ProxyStatus(crate::proxy_cmd::ProxyStatus),

@@ -15,6 +15,57 @@ use inspect::{ConfigDump, Output};
 
 use crate::admin::{self, AdminSource, LocalFlags, LocalMesh, PodRef};
 
+/// `proxy-config` with the flags istioctl accepts before or after the view name
+/// (`istioctl proxy-config -n sidecar listener POD`).
+#[derive(Args, Debug)]
+pub struct ProxyConfigCmd {
+    #[command(subcommand)]
+    pub view: ProxyConfig,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Flags shared by every view.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// The pod's namespace (default: the local mesh's `up -n`, or the kubeconfig's).
+    #[arg(short = 'n', long = "namespace", global = true)]
+    pub namespace: Option<String>,
+    /// Output format: one of json|yaml|short (default short; json for bootstrap).
+    #[arg(short = 'o', long = "output", global = true)]
+    pub output: Option<String>,
+    /// The proxy's admin port.
+    #[arg(long = "proxy-admin-port", default_value_t = 15000, global = true)]
+    pub proxy_admin_port: u16,
+    /// Ask the proxy inside this network namespace (`/run/netns/NAME`) rather than looking the pod
+    /// up in the local mesh's state.
+    #[arg(long, global = true)]
+    pub netns: Option<String>,
+    /// The local mesh (`skiffctl local up --name`).
+    #[arg(long, default_value = "skiff", global = true)]
+    pub mesh: String,
+    /// Reach the pod through the Kubernetes API server (current kubeconfig) with a port-forward.
+    #[cfg(feature = "kubernetes")]
+    #[arg(long, global = true)]
+    pub kube: bool,
+}
+
+impl Common {
+    fn kube(&self) -> bool {
+        #[cfg(feature = "kubernetes")]
+        return self.kube;
+        #[cfg(not(feature = "kubernetes"))]
+        false
+    }
+
+    fn output(&self, default: Output) -> Result<Output> {
+        match &self.output {
+            Some(o) => Ok(o.parse::<Output>()?),
+            None => Ok(default),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ProxyConfig {
     /// Listeners of the pod's proxy: address, port, and per filter chain what it matches and where it sends.
@@ -43,47 +94,21 @@ pub enum ProxyConfig {
     Log(LogArgs),
 }
 
-/// Where the proxy's admin answers come from.
+/// Where the proxy's admin answers come from: a pod, or a saved file.
 #[derive(Args, Debug, Clone)]
 pub struct Source {
     /// `POD[.NAMESPACE]` or `deploy/NAME[.NAMESPACE]` (its first pod); omit with --file.
     pub pod: Option<String>,
-    /// The pod's namespace (default: the local mesh's `up -n`, or the kubeconfig's).
-    #[arg(short = 'n', long = "namespace")]
-    pub namespace: Option<String>,
     /// Read a saved Envoy `/config_dump` (for `endpoint`: `/clusters?format=json`) instead of
     /// asking a pod; `-` for standard input.
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
-    /// Ask the proxy inside this network namespace (`/run/netns/NAME`) rather than looking the pod
-    /// up in the local mesh's state.
-    #[arg(long)]
-    pub netns: Option<String>,
-    /// The local mesh (`skiffctl local up --name`).
-    #[arg(long, default_value = "skiff")]
-    pub mesh: String,
-    /// The proxy's admin port.
-    #[arg(long = "proxy-admin-port", default_value_t = 15000)]
-    pub proxy_admin_port: u16,
-    /// Reach the pod through the Kubernetes API server (current kubeconfig) with a port-forward.
-    #[cfg(feature = "kubernetes")]
-    #[arg(long)]
-    pub kube: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct OutputFormat {
-    /// Output format: one of json|yaml|short.
-    #[arg(short = 'o', long = "output", default_value = "short")]
-    pub output: String,
 }
 
 #[derive(Args, Debug)]
 pub struct ListenerArgs {
     #[command(flatten)]
     pub source: Source,
-    #[command(flatten)]
-    pub output: OutputFormat,
     /// Filter listeners by address field.
     #[arg(long, default_value = "")]
     pub address: String,
@@ -102,8 +127,6 @@ pub struct ListenerArgs {
 pub struct RouteArgs {
     #[command(flatten)]
     pub source: Source,
-    #[command(flatten)]
-    pub output: OutputFormat,
     /// Filter routes by route name field.
     #[arg(long, default_value = "")]
     pub name: String,
@@ -116,8 +139,6 @@ pub struct RouteArgs {
 pub struct ClusterArgs {
     #[command(flatten)]
     pub source: Source,
-    #[command(flatten)]
-    pub output: OutputFormat,
     /// Filter clusters by substring of Service FQDN field.
     #[arg(long, default_value = "")]
     pub fqdn: String,
@@ -136,8 +157,6 @@ pub struct ClusterArgs {
 pub struct EndpointArgs {
     #[command(flatten)]
     pub source: Source,
-    #[command(flatten)]
-    pub output: OutputFormat,
     /// Filter endpoints by address field.
     #[arg(long, default_value = "")]
     pub address: String,
@@ -156,8 +175,6 @@ pub struct EndpointArgs {
 pub struct AllArgs {
     #[command(flatten)]
     pub source: Source,
-    #[command(flatten)]
-    pub output: OutputFormat,
     /// Output more information.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub verbose: bool,
@@ -188,25 +205,18 @@ pub struct AllArgs {
 pub struct BootstrapArgs {
     #[command(flatten)]
     pub source: Source,
-    /// Output format: one of json|yaml|short.
-    #[arg(short = 'o', long = "output", default_value = "json")]
-    pub output: String,
 }
 
 #[derive(Args, Debug)]
 pub struct SecretArgs {
     #[command(flatten)]
     pub source: Source,
-    #[command(flatten)]
-    pub output: OutputFormat,
 }
 
 #[derive(Args, Debug)]
 pub struct LogArgs {
     /// `POD[.NAMESPACE]` or `deploy/NAME[.NAMESPACE]`.
     pub pod: Option<String>,
-    #[arg(short = 'n', long = "namespace")]
-    pub namespace: Option<String>,
     /// Comma-separated minimum per-logger levels, `[<logger>:]<level>,…`, or `<level>` for all
     /// loggers; levels: trace, debug, info, warning, error, critical, off.
     #[arg(long)]
@@ -214,19 +224,6 @@ pub struct LogArgs {
     /// Reset levels to the default (warning).
     #[arg(short = 'r', long)]
     pub reset: bool,
-    /// Not applicable to `log`; accepted so istioctl's invocations fail the same way.
-    #[arg(short = 'o', long = "output")]
-    pub output: Option<String>,
-    #[arg(long)]
-    pub netns: Option<String>,
-    /// The local mesh (`skiffctl local up --name`).
-    #[arg(long, default_value = "skiff")]
-    pub mesh: String,
-    #[arg(long = "proxy-admin-port", default_value_t = 15000)]
-    pub proxy_admin_port: u16,
-    #[cfg(feature = "kubernetes")]
-    #[arg(long)]
-    pub kube: bool,
 }
 
 #[derive(Args, Debug)]
@@ -280,24 +277,17 @@ fn admin_source(
 }
 
 impl Source {
-    fn kube(&self) -> bool {
-        #[cfg(feature = "kubernetes")]
-        return self.kube;
-        #[cfg(not(feature = "kubernetes"))]
-        false
-    }
-
     /// The text of `path` from the pod, or of `--file`; exactly one of the two (istioctl's rule).
-    fn fetch(&self, command: &str, path: &str) -> Result<String> {
+    fn fetch(&self, common: &Common, command: &str, path: &str) -> Result<String> {
         match (&self.pod, &self.file) {
             (None, Some(f)) => read_file(f),
             (Some(pod), None) => {
-                let pod = PodRef::parse(pod, self.namespace.as_deref());
+                let pod = PodRef::parse(pod, common.namespace.as_deref());
                 admin_source(
-                    &self.mesh,
-                    self.netns.as_deref(),
-                    self.proxy_admin_port,
-                    self.kube(),
+                    &common.mesh,
+                    common.netns.as_deref(),
+                    common.proxy_admin_port,
+                    common.kube(),
                 )?
                 .get(&pod, path)
             }
@@ -305,13 +295,13 @@ impl Source {
         }
     }
 
-    fn config_dump(&self, command: &str, include_eds: bool) -> Result<(ConfigDump, String)> {
+    fn config_dump(&self, common: &Common, command: &str, include_eds: bool) -> Result<(ConfigDump, String)> {
         let path = if include_eds {
             "/config_dump?include_eds=true"
         } else {
             "/config_dump"
         };
-        let text = self.fetch(command, path)?;
+        let text = self.fetch(common, command, path)?;
         let dump = ConfigDump::parse(&text).context("error unmarshalling config dump response from Envoy")?;
         Ok((dump, text))
     }
@@ -326,18 +316,15 @@ fn read_file(path: &std::path::Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn output(s: &str) -> Result<Output> {
-    Ok(s.parse::<Output>()?)
-}
-
 // === commands ===
 
 /// Runs `proxy-config <view>` and returns what to print.
-pub fn proxy_config(cmd: ProxyConfig) -> Result<String> {
-    match cmd {
+pub fn proxy_config(cmd: ProxyConfigCmd) -> Result<String> {
+    let c = &cmd.common;
+    match cmd.view {
         ProxyConfig::Listener(a) => {
-            let out = output(&a.output.output)?;
-            let (d, _) = a.source.config_dump("listener", false)?;
+            let out = c.output(Output::Short)?;
+            let (d, _) = a.source.config_dump(c, "listener", false)?;
             let f = ListenerFilter {
                 address: a.address,
                 port: a.port,
@@ -347,8 +334,8 @@ pub fn proxy_config(cmd: ProxyConfig) -> Result<String> {
             Ok(inspect::listener::print(&d, &f, out)?)
         }
         ProxyConfig::Route(a) => {
-            let out = output(&a.output.output)?;
-            let (d, _) = a.source.config_dump("route", false)?;
+            let out = c.output(Output::Short)?;
+            let (d, _) = a.source.config_dump(c, "route", false)?;
             let f = RouteFilter {
                 name: a.name,
                 verbose: a.verbose,
@@ -356,8 +343,8 @@ pub fn proxy_config(cmd: ProxyConfig) -> Result<String> {
             Ok(inspect::route::print(&d, &f, out)?)
         }
         ProxyConfig::Cluster(a) => {
-            let out = output(&a.output.output)?;
-            let (d, _) = a.source.config_dump("cluster", false)?;
+            let out = c.output(Output::Short)?;
+            let (d, _) = a.source.config_dump(c, "cluster", false)?;
             let f = ClusterFilter {
                 fqdn: a.fqdn,
                 port: a.port,
@@ -367,8 +354,8 @@ pub fn proxy_config(cmd: ProxyConfig) -> Result<String> {
             Ok(inspect::cluster::print(&d, &f, out)?)
         }
         ProxyConfig::Endpoint(a) => {
-            let out = output(&a.output.output)?;
-            let text = a.source.fetch("endpoints", "/clusters?format=json")?;
+            let out = c.output(Output::Short)?;
+            let text = a.source.fetch(c, "endpoints", "/clusters?format=json")?;
             let c = inspect::endpoint::Clusters::parse(&text)?;
             let f = EndpointFilter {
                 address: a.address,
@@ -379,8 +366,8 @@ pub fn proxy_config(cmd: ProxyConfig) -> Result<String> {
             Ok(inspect::endpoint::print(&c, &f, out))
         }
         ProxyConfig::All(a) => {
-            let out = output(&a.output.output)?;
-            let (d, text) = a.source.config_dump("all", true)?;
+            let out = c.output(Output::Short)?;
+            let (d, text) = a.source.config_dump(c, "all", true)?;
             if out != Output::Short {
                 return Ok(inspect::raw_dump(&d, &text, out));
             }
@@ -410,35 +397,31 @@ pub fn proxy_config(cmd: ProxyConfig) -> Result<String> {
             Ok(inspect::full_summary(&d, &f, std::time::SystemTime::now())?)
         }
         ProxyConfig::Bootstrap(a) => {
-            let out = output(&a.output)?;
-            let (d, _) = a.source.config_dump("bootstrap", false)?;
+            let out = c.output(Output::Json)?;
+            let (d, _) = a.source.config_dump(c, "bootstrap", false)?;
             Ok(inspect::bootstrap::print(&d, out)?)
         }
         ProxyConfig::Secret(a) => {
-            let out = output(&a.output.output)?;
-            let (d, _) = a.source.config_dump("secret", false)?;
+            let out = c.output(Output::Short)?;
+            let (d, _) = a.source.config_dump(c, "secret", false)?;
             Ok(inspect::secret::print(&d, out)?)
         }
-        ProxyConfig::Log(a) => log(a),
+        ProxyConfig::Log(a) => log(a, c),
     }
 }
 
-fn log(a: LogArgs) -> Result<String> {
+fn log(a: LogArgs, c: &Common) -> Result<String> {
     let Some(pod) = &a.pod else {
         bail!("log requires pod name or --selector");
     };
     if a.reset && a.level.is_some() {
         bail!("--level cannot be combined with --reset");
     }
-    if a.output.as_deref().is_some_and(|o| o != "short") {
+    if c.output.as_deref().is_some_and(|o| o != "short") {
         bail!("--output is not applicable for this command");
     }
-    #[cfg(feature = "kubernetes")]
-    let kube = a.kube;
-    #[cfg(not(feature = "kubernetes"))]
-    let kube = false;
-    let src = admin_source(&a.mesh, a.netns.as_deref(), a.proxy_admin_port, kube)?;
-    let pod = PodRef::parse(pod, a.namespace.as_deref());
+    let src = admin_source(&c.mesh, c.netns.as_deref(), c.proxy_admin_port, c.kube())?;
+    let pod = PodRef::parse(pod, c.namespace.as_deref());
     let (name, namespace) = src.resolve(&pod)?;
     // The proxy's logger names, which `--level logger:level` must match.
     let loggers = src.post(&pod, "/logging")?;
@@ -494,4 +477,128 @@ fn kube_status(_a: &ProxyStatus) -> bool {
     return _a.kube;
     #[cfg(not(feature = "kubernetes"))]
     false
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> ProxyConfigCmd {
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::ProxyConfig(pc) => pc,
+            other => panic!("not proxy-config: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn istioctl_invocations_parse() {
+        // Seed 004: `istioctl proxy-config -n sidecar listener toolbox-97948fc8-ptlct`.
+        let pc = parse(&[
+            "skiffctl",
+            "proxy-config",
+            "-n",
+            "sidecar",
+            "listener",
+            "toolbox-97948fc8-ptlct",
+        ]);
+        assert_eq!(pc.common.namespace.as_deref(), Some("sidecar"));
+        let ProxyConfig::Listener(l) = pc.view else {
+            panic!()
+        };
+        assert_eq!(l.source.pod.as_deref(), Some("toolbox-97948fc8-ptlct"));
+        assert!(l.verbose);
+        // Flags after the view, aliases, `--port=`, `-ojson`, `--verbose=false`.
+        let pc = parse(&[
+            "skiffctl",
+            "pc",
+            "l",
+            "p",
+            "--port=15006",
+            "-ojson",
+            "--verbose=false",
+        ]);
+        assert_eq!(pc.common.output.as_deref(), Some("json"));
+        let ProxyConfig::Listener(l) = pc.view else {
+            panic!()
+        };
+        assert_eq!((l.port, l.verbose), (15006, false));
+        let pc = parse(&[
+            "skiffctl",
+            "pc",
+            "ep",
+            "p",
+            "--cluster=outbound|80||nginx.sidecar.svc.cluster.local",
+        ]);
+        let ProxyConfig::Endpoint(e) = pc.view else {
+            panic!()
+        };
+        assert_eq!(e.cluster, "outbound|80||nginx.sidecar.svc.cluster.local");
+        for alias in [
+            "routes",
+            "r",
+            "clusters",
+            "c",
+            "endpoints",
+            "a",
+            "b",
+            "secrets",
+            "s",
+            "o",
+        ] {
+            assert!(
+                Cli::try_parse_from(["skiffctl", "pc", alias, "p"]).is_ok(),
+                "{alias}"
+            );
+        }
+        // bootstrap prints JSON unless told otherwise; the others print the table.
+        assert_eq!(
+            parse(&["skiffctl", "pc", "b", "p"])
+                .common
+                .output(Output::Json)
+                .unwrap(),
+            Output::Json
+        );
+        assert!(parse(&["skiffctl", "pc", "c", "p", "-o", "xml"])
+            .common
+            .output(Output::Short)
+            .is_err());
+    }
+
+    #[test]
+    fn proxy_status_flags() {
+        let Command::ProxyStatus(ps) = Cli::try_parse_from([
+            "skiffctl",
+            "proxy-status",
+            "--skiffd",
+            "127.0.0.1:15014",
+            "-n",
+            "sidecar",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(ps.skiffd, Some(SocketAddr::from(([127, 0, 0, 1], 15014))));
+        assert!(Cli::try_parse_from(["skiffctl", "proxy-status", "--skiffd", "not-an-address"]).is_err());
+    }
+
+    #[cfg(feature = "kubernetes")]
+    #[test]
+    fn kube_flags() {
+        let pc = parse(&["skiffctl", "pc", "--kube", "cluster", "deploy/nginx.sidecar"]);
+        assert!(pc.common.kube());
+        let Command::ProxyStatus(ps) =
+            Cli::try_parse_from(["skiffctl", "ps", "--kube", "-i", "skiff-system"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        assert!(ps.kube && ps.istio_namespace == "skiff-system");
+    }
 }

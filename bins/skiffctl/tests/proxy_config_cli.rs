@@ -89,6 +89,23 @@ fn views_of_saved_envoy_dumps() {
         )),
         golden("envoy/nginx_route_80.json")
     );
+    // istioctl's global flags go before the view too (`istioctl proxy-config -n sidecar listener …`).
+    assert_eq!(
+        stdout(skiffctl(
+            &[
+                "proxy-config",
+                "-n",
+                "sidecar",
+                "-o",
+                "short",
+                "cluster",
+                "-f",
+                &toolbox
+            ],
+            None
+        )),
+        golden("envoy/toolbox_cluster.txt")
+    );
     // Standard input, as `-f -`.
     let text = std::fs::read_to_string(&toolbox).unwrap();
     assert_eq!(
