@@ -119,12 +119,12 @@ pub fn lookup_local_pod(pod: &PodRef, flags: &LocalFlags) -> Result<LocalPod> {
     }
     let state = load_mesh(&flags.mesh)?;
     let namespace = pod.namespace_or(&state.default_namespace).to_owned();
-    let target = if pod.deployment().is_some() {
-        pod.name.as_str()
-    } else {
-        pod.pod_name()
+    // The state file resolves `deploy/NAME` to the Deployment's first ready pod.
+    let target = match pod.deployment() {
+        Some(d) => format!("deploy/{d}"),
+        None => pod.pod_name().to_owned(),
     };
-    let p = state.find_pod(&namespace, target)?;
+    let p = state.find_pod(&namespace, &target)?;
     if p.sidecar.is_none() {
         bail!("pod {}.{} has no sidecar proxy", p.name, p.namespace);
     }
