@@ -464,9 +464,11 @@ fn observe(reply: &Reply) -> Observed {
                             .to_string(),
                     );
                 }
-                // The remaining time on a retry depends on timing; keep only "full" vs "less".
-                if k == "x-envoy-expected-rq-timeout-ms" && v != "15000" {
-                    return (k.clone(), "<remaining>".to_string());
+                // The remaining time on a retry depends on timing (a fast retry still has about
+                // all of it): keep only "about the full 15 s" vs "less".
+                if k == "x-envoy-expected-rq-timeout-ms" {
+                    let full = v.parse::<u64>().is_ok_and(|ms| ms > 14_900);
+                    return (k.clone(), if full { "~15000" } else { "<remaining>" }.to_string());
                 }
                 let v = if k == "x-request-id" {
                     // Envoy generates UUIDs; a client-chosen id must pass unchanged.
@@ -584,6 +586,801 @@ fn skiff_answers_like_envoy() {
         "{} of {} cases differ from Envoy:\n{}",
         diffs.len(),
         CASES.len(),
+        diffs.join("\n")
+    );
+}
+
+// === Traffic management (VirtualService / DestinationRule shapes Istio emits) ===
+
+mod support;
+
+use support::{raw_request, RawReply, Recorder};
+
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const CORS_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
+const CORS_POLICY: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy";
+const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+const PREVIOUS_HOSTS: &str =
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+
+/// The upstreams of the traffic bootstrap: `up` answers most routes; `m` receives mirrors;
+/// `h0..h2` are the endpoints of the hashing clusters.
+struct TrafficPeers {
+    up: Recorder,
+    mirror: Recorder,
+    hashed: Vec<Recorder>,
+    dead: u16,
+}
+
+fn fault_cfg(body: &str) -> String {
+    format!("{{ \"@type\": \"{FAULT}\", {body} }}")
+}
+
+fn traffic_bootstrap(listen: u16, admin: u16, p: &TrafficPeers) -> String {
+    let ep = |port: u16| {
+        format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}")
+    };
+    let hashed: Vec<String> = p.hashed.iter().map(|r| ep(r.port())).collect();
+    let hashed = hashed.join(", ");
+    let istio_retry = format!(
+        "{{ retry_on: \"connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes\", num_retries: 2, retriable_status_codes: [503], host_selection_retry_max_attempts: 5, retry_host_predicate: [{{ name: envoy.retry_host_predicates.previous_hosts, typed_config: {{ \"@type\": \"{PREVIOUS_HOSTS}\" }} }}] }}"
+    );
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: http
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: traffic
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {{ text_format_source: {{ inline_string: "{LOG}" }} }}
+          route_config:
+            name: traffic_routes
+            validate_clusters: false
+            virtual_hosts:
+            - name: fault
+              domains: ["fault.test"]
+              typed_per_filter_config:
+                envoy.filters.http.fault: {vhost_fault}
+              routes:
+              - name: abort
+                match: {{ prefix: "/abort" }}
+                route: {{ cluster: up, timeout: 0s }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {abort}
+              - name: abort-million
+                match: {{ prefix: "/million" }}
+                route: {{ cluster: up, timeout: 0s }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {abort_million}
+              - name: abort-unset-percentage
+                match: {{ prefix: "/nopercent" }}
+                route: {{ cluster: up, timeout: 0s }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {abort_nopct}
+              - name: abort-zero
+                match: {{ prefix: "/zero" }}
+                route: {{ cluster: up, timeout: 0s }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {abort_zero}
+              - name: delay
+                match: {{ prefix: "/delay" }}
+                route: {{ cluster: up, timeout: 0.25s }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {delay}
+              - name: delay-abort
+                match: {{ prefix: "/both" }}
+                route: {{ cluster: up, timeout: 0s }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {both}
+              - name: grpc-abort
+                match: {{ prefix: "/grpc" }}
+                route: {{ cluster: up, timeout: 0s }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {grpc}
+              - name: disabled
+                match: {{ prefix: "/disabled" }}
+                route: {{ cluster: up, timeout: 0s }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {{ "@type": "{FILTER_CONFIG}", disabled: true }}
+              - name: other-cluster
+                match: {{ prefix: "/other" }}
+                route: {{ cluster: up, timeout: 0s }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {other_cluster}
+              - name: header-gated
+                match: {{ prefix: "/gated" }}
+                route: {{ cluster: up, timeout: 0s }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {gated}
+              - name: vhost-fault
+                match: {{ prefix: "/" }}
+                route: {{ cluster: up, timeout: 0s }}
+            - name: cors
+              domains: ["cors.test"]
+              routes:
+              - name: modern
+                match: {{ prefix: "/modern" }}
+                route: {{ cluster: up, timeout: 0s }}
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": "{CORS_POLICY}"
+                    allow_origin_string_match: [{{ prefix: "https://m." }}]
+                    allow_methods: "*"
+                    allow_headers: "*"
+                    allow_credentials: false
+              - name: dead
+                match: {{ prefix: "/dead" }}
+                route:
+                  cluster: dead
+                  timeout: 0s
+                  cors: {cors_route}
+              - name: istio
+                match: {{ prefix: "/" }}
+                route:
+                  cluster: up
+                  timeout: 0s
+                  cors: {cors_route}
+            - name: retry
+              domains: ["retry.test"]
+              routes:
+              - name: istio-default
+                match: {{ prefix: "/istio" }}
+                route: {{ cluster: up, timeout: 0s, retry_policy: {istio_retry} }}
+              - name: per-try
+                match: {{ prefix: "/pertry" }}
+                route:
+                  cluster: up
+                  timeout: 2s
+                  retry_policy: {{ retry_on: "5xx", num_retries: 1, per_try_timeout: 0.2s }}
+              - name: grpc
+                match: {{ prefix: "/grpc" }}
+                route:
+                  cluster: up
+                  timeout: 0s
+                  retry_policy: {{ retry_on: "unavailable,cancelled", num_retries: 2 }}
+              - name: slow-retry
+                match: {{ prefix: "/slow" }}
+                route:
+                  cluster: up
+                  timeout: 2s
+                  retry_policy: {{ retry_on: "5xx", num_retries: 1 }}
+              - name: gateway
+                match: {{ prefix: "/gateway" }}
+                route:
+                  cluster: up
+                  timeout: 0s
+                  retry_policy: {{ retry_on: "gateway-error", num_retries: 3 }}
+              - name: connect
+                match: {{ prefix: "/connect" }}
+                route:
+                  cluster: dead
+                  timeout: 0s
+                  retry_policy: {{ retry_on: "connect-failure", num_retries: 2 }}
+              - name: none
+                match: {{ prefix: "/" }}
+                route: {{ cluster: up, timeout: 0s }}
+            - name: mirror
+              domains: ["mirror.test", "mirror.test:8080"]
+              routes:
+              - name: half
+                match: {{ prefix: "/never" }}
+                route:
+                  cluster: up
+                  timeout: 0s
+                  request_mirror_policies: [{{ cluster: mirror, runtime_fraction: {{ default_value: {{ numerator: 0 }} }} }}]
+              - name: keep-host
+                match: {{ prefix: "/keep" }}
+                route:
+                  cluster: up
+                  timeout: 0s
+                  request_mirror_policies: [{{ cluster: mirror, disable_shadow_host_suffix_append: true }}]
+              - name: all
+                match: {{ prefix: "/" }}
+                route:
+                  cluster: up
+                  timeout: 0s
+                  request_mirror_policies: [{{ cluster: mirror, runtime_fraction: {{ default_value: {{ numerator: 100 }} }}, trace_sampled: false }}]
+            - name: hash
+              domains: ["hash.test"]
+              routes:
+              - name: ring-header
+                match: {{ prefix: "/ring" }}
+                route: {{ cluster: ring, timeout: 0s, hash_policy: [{{ header: {{ header_name: x-user }} }}] }}
+              - name: maglev-header
+                match: {{ prefix: "/maglev" }}
+                route: {{ cluster: maglev, timeout: 0s, hash_policy: [{{ header: {{ header_name: x-user }} }}] }}
+              - name: ring-cookie
+                match: {{ prefix: "/cookie" }}
+                route: {{ cluster: ring, timeout: 0s, hash_policy: [{{ cookie: {{ name: session, ttl: 3600s, path: /cookie }} }}] }}
+              - name: ring-source
+                match: {{ prefix: "/source" }}
+                route: {{ cluster: ring, timeout: 0s, hash_policy: [{{ connection_properties: {{ source_ip: true }} }}] }}
+              - name: ring-query
+                match: {{ prefix: "/query" }}
+                route: {{ cluster: maglev, timeout: 0s, hash_policy: [{{ query_parameter: {{ name: u }} }}] }}
+              - name: rr-cookie
+                match: {{ prefix: "/rr" }}
+                route: {{ cluster: up, timeout: 0s, hash_policy: [{{ cookie: {{ name: session, ttl: 60s }} }}] }}
+            - name: secure
+              domains: ["secure.test"]
+              require_tls: ALL
+              routes:
+              - name: s
+                match: {{ prefix: "/" }}
+                route: {{ cluster: up, timeout: 0s }}
+          http_filters:
+          - name: envoy.filters.http.fault
+            typed_config: {{ "@type": "{FAULT}" }}
+          - name: envoy.filters.http.cors
+            typed_config: {{ "@type": "{CORS_FILTER}" }}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: up
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: up, endpoints: [{{ lb_endpoints: [{eu}] }}] }}
+  - name: mirror
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: mirror, endpoints: [{{ lb_endpoints: [{em}] }}] }}
+  - name: dead
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: dead, endpoints: [{{ lb_endpoints: [{ed}] }}] }}
+  - name: ring
+    connect_timeout: 1s
+    lb_policy: RING_HASH
+    ring_hash_lb_config: {{ minimum_ring_size: 1024 }}
+    load_assignment: {{ cluster_name: ring, endpoints: [{{ lb_endpoints: [{hashed}] }}] }}
+  - name: maglev
+    connect_timeout: 1s
+    lb_policy: MAGLEV
+    load_assignment: {{ cluster_name: maglev, endpoints: [{{ lb_endpoints: [{hashed}] }}] }}
+"#,
+        vhost_fault = fault_cfg("abort: { http_status: 500, percentage: { numerator: 100 } }"),
+        abort = fault_cfg("abort: { http_status: 503, percentage: { numerator: 100, denominator: HUNDRED } }"),
+        abort_million = fault_cfg("abort: { http_status: 429, percentage: { numerator: 1000000, denominator: MILLION } }"),
+        abort_nopct = fault_cfg("abort: { http_status: 503 }"),
+        abort_zero = fault_cfg("abort: { http_status: 503, percentage: { numerator: 0 } }"),
+        delay = fault_cfg("delay: { fixed_delay: 0.4s, percentage: { numerator: 100 } }"),
+        both = fault_cfg("delay: { fixed_delay: 0.1s, percentage: { numerator: 100 } }, abort: { http_status: 418, percentage: { numerator: 100 } }"),
+        grpc = fault_cfg("abort: { grpc_status: 14, percentage: { numerator: 100 } }"),
+        other_cluster = fault_cfg("abort: { http_status: 503, percentage: { numerator: 100 } }, upstream_cluster: elsewhere"),
+        gated = fault_cfg("abort: { http_status: 503, percentage: { numerator: 100 } }, headers: [{ name: x-fault, string_match: { exact: \"yes\" } }]"),
+        cors_route = "{ allow_origin_string_match: [{ exact: \"https://a.example\" }], allow_methods: \"GET,POST\", allow_headers: \"x-custom\", expose_headers: \"x-exposed\", max_age: \"86400\", allow_credentials: true, filter_enabled: { default_value: { numerator: 100, denominator: HUNDRED } } }",
+        eu = ep(p.up.port()),
+        em = ep(p.mirror.port()),
+        ed = ep(p.dead),
+    )
+}
+
+/// One request of the traffic comparison.
+struct TCase {
+    name: &'static str,
+    method: &'static str,
+    host: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static [u8],
+}
+
+const fn get(
+    name: &'static str,
+    host: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+) -> TCase {
+    TCase {
+        name,
+        method: "GET",
+        host,
+        path,
+        headers,
+        body: b"",
+    }
+}
+
+const TRAFFIC_CASES: &[TCase] = &[
+    get("fault abort 100%", "fault.test", "/abort", &[]),
+    get("fault abort MILLION denominator", "fault.test", "/million", &[]),
+    get("fault abort without percentage", "fault.test", "/nopercent", &[]),
+    get("fault abort 0%", "fault.test", "/zero", &[]),
+    get(
+        "fault delay then upstream (route timeout after the delay)",
+        "fault.test",
+        "/delay",
+        &[],
+    ),
+    get("fault delay then abort", "fault.test", "/both", &[]),
+    get(
+        "grpc abort, gRPC request",
+        "fault.test",
+        "/grpc",
+        &[("content-type", "application/grpc")],
+    ),
+    get("grpc abort, plain request", "fault.test", "/grpc", &[]),
+    get("fault disabled per route", "fault.test", "/disabled", &[]),
+    get("fault for another upstream_cluster", "fault.test", "/other", &[]),
+    get("fault header-gated, no header", "fault.test", "/gated", &[]),
+    get(
+        "fault header-gated, header",
+        "fault.test",
+        "/gated",
+        &[("x-fault", "yes")],
+    ),
+    get("fault from the virtual host", "fault.test", "/any", &[]),
+    TCase {
+        name: "CORS preflight, allowed origin",
+        method: "OPTIONS",
+        host: "cors.test",
+        path: "/x",
+        headers: &[
+            ("origin", "https://a.example"),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "x-custom"),
+        ],
+        body: b"",
+    },
+    TCase {
+        name: "CORS preflight, other origin (forwarded)",
+        method: "OPTIONS",
+        host: "cors.test",
+        path: "/x",
+        headers: &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "POST"),
+        ],
+        body: b"",
+    },
+    TCase {
+        name: "OPTIONS without request method",
+        method: "OPTIONS",
+        host: "cors.test",
+        path: "/x",
+        headers: &[("origin", "https://a.example")],
+        body: b"",
+    },
+    get(
+        "CORS actual request, allowed origin",
+        "cors.test",
+        "/x",
+        &[("origin", "https://a.example")],
+    ),
+    get(
+        "CORS actual request, other origin",
+        "cors.test",
+        "/x",
+        &[("origin", "https://evil.example")],
+    ),
+    get("CORS request without origin", "cors.test", "/x", &[]),
+    get(
+        "CORS on a router local reply (503 UF)",
+        "cors.test",
+        "/dead",
+        &[("origin", "https://a.example")],
+    ),
+    TCase {
+        name: "CORS per-filter policy, wildcard methods and headers",
+        method: "OPTIONS",
+        host: "cors.test",
+        path: "/modern",
+        headers: &[
+            ("origin", "https://m.example"),
+            ("access-control-request-method", "PATCH"),
+            ("access-control-request-headers", "x-a,x-b"),
+        ],
+        body: b"",
+    },
+    get(
+        "Istio default retry: 503 retried",
+        "retry.test",
+        "/istio",
+        &[("x-rec-fail-first", "1"), ("x-rec-key", "i1")],
+    ),
+    get(
+        "Istio default retry: 500 not retried",
+        "retry.test",
+        "/istio",
+        &[("x-rec-status", "500")],
+    ),
+    get(
+        "Istio default retry: exhausted",
+        "retry.test",
+        "/istio",
+        &[("x-rec-status", "503")],
+    ),
+    get(
+        "per-try timeout retried",
+        "retry.test",
+        "/pertry",
+        &[
+            ("x-rec-delay-ms", "600"),
+            ("x-rec-delay-first", "1"),
+            ("x-rec-key", "p1"),
+        ],
+    ),
+    get(
+        "a retry after 300 ms advertises the remaining time",
+        "retry.test",
+        "/slow",
+        &[
+            ("x-rec-fail-first", "1"),
+            ("x-rec-delay-first", "1"),
+            ("x-rec-delay-ms", "300"),
+            ("x-rec-key", "s1"),
+        ],
+    ),
+    get(
+        "per-try timeout header from an untrusted client is stripped",
+        "retry.test",
+        "/slow",
+        &[("x-envoy-upstream-rq-per-try-timeout-ms", "100")],
+    ),
+    get(
+        "gRPC unavailable retried",
+        "retry.test",
+        "/grpc",
+        &[("x-rec-header", "grpc-status:14"), ("x-rec-key", "g1")],
+    ),
+    get(
+        "gRPC ok not retried",
+        "retry.test",
+        "/grpc",
+        &[("x-rec-header", "grpc-status:0")],
+    ),
+    get(
+        "gateway-error: 502 retried to exhaustion",
+        "retry.test",
+        "/gateway",
+        &[("x-rec-status", "502")],
+    ),
+    get(
+        "gateway-error: 500 not retried",
+        "retry.test",
+        "/gateway",
+        &[("x-rec-status", "500")],
+    ),
+    get("connect-failure retried", "retry.test", "/connect", &[]),
+    get(
+        "x-envoy-retry-on from an untrusted client is stripped",
+        "retry.test",
+        "/",
+        &[("x-envoy-retry-on", "5xx"), ("x-rec-status", "503")],
+    ),
+    get(
+        "x-envoy-max-retries with one XFF hop, default internal config",
+        "retry.test",
+        "/istio",
+        &[
+            ("x-forwarded-for", "127.0.0.1"),
+            ("x-envoy-max-retries", "0"),
+            ("x-rec-fail-first", "1"),
+            ("x-rec-key", "x1"),
+        ],
+    ),
+    get(
+        "per-try timeout header from untrusted client",
+        "retry.test",
+        "/",
+        &[
+            ("x-envoy-upstream-rq-per-try-timeout-ms", "100"),
+            ("x-rec-delay-ms", "300"),
+        ],
+    ),
+    get("mirror 100%", "mirror.test", "/m?q=1", &[]),
+    get("mirror host with port", "mirror.test:8080", "/m", &[]),
+    get("mirror keeps host", "mirror.test", "/keep", &[]),
+    get("mirror 0%", "mirror.test", "/never", &[]),
+    TCase {
+        name: "mirror with a body",
+        method: "POST",
+        host: "mirror.test",
+        path: "/post",
+        headers: &[("content-type", "text/plain")],
+        body: b"mirror me, please",
+    },
+    TCase {
+        name: "DELETE without a body",
+        method: "DELETE",
+        host: "retry.test",
+        path: "/",
+        headers: &[],
+        body: b"",
+    },
+    TCase {
+        name: "POST without a body",
+        method: "POST",
+        host: "retry.test",
+        path: "/",
+        headers: &[],
+        body: b"",
+    },
+    TCase {
+        name: "Istio default retry replays a POST body",
+        method: "POST",
+        host: "retry.test",
+        path: "/istio",
+        headers: &[("x-rec-fail-first", "1"), ("x-rec-key", "b1")],
+        body: b"replay me",
+    },
+    get(
+        "require_tls ALL redirects plaintext",
+        "secure.test",
+        "/page?x=1",
+        &[],
+    ),
+    get(
+        "require_tls ALL with x-forwarded-proto https (not edge)",
+        "secure.test",
+        "/page",
+        &[("x-forwarded-proto", "https")],
+    ),
+    get(
+        "cookie hash on a round-robin cluster sets no cookie",
+        "hash.test",
+        "/rr",
+        &[],
+    ),
+    get("ring hash by source ip", "hash.test", "/source", &[]),
+];
+
+/// What is compared for one traffic request.
+#[derive(Debug, PartialEq, Eq)]
+struct TObserved {
+    status: u16,
+    local_body: Option<String>,
+    response_headers: BTreeMap<String, String>,
+    upstream_saw: Option<BTreeMap<String, String>>,
+    upstream_name: Option<String>,
+    upstream_path: Option<String>,
+    /// Requests each upstream received for this case (retries), and what the mirror saw.
+    attempts: usize,
+    mirrored: Vec<(String, String, usize)>,
+}
+
+const TVOLATILE: &[&str] = &[
+    "x-request-id",
+    "date",
+    "x-envoy-upstream-service-time",
+    "content-length",
+];
+
+/// `x-envoy-expected-rq-timeout-ms` depends on timing by a few ms: compare to 100 ms.
+fn expected_timeout_bucket(v: &str) -> String {
+    v.parse::<u64>()
+        .map(|ms| format!("~{}", (ms + 50) / 100 * 100))
+        .unwrap_or_else(|_| v.to_string())
+}
+
+fn tobserve(r: &RawReply, attempts: usize, mirrored: Vec<(String, String, usize)>) -> TObserved {
+    let seen = r.seen();
+    let mut response_headers = BTreeMap::new();
+    for (k, v) in &r.headers {
+        let v = if TVOLATILE.contains(&k.as_str()) {
+            "<present>".to_string()
+        } else {
+            v.clone()
+        };
+        response_headers.insert(k.clone(), v);
+    }
+    TObserved {
+        status: r.status,
+        local_body: seen
+            .is_none()
+            .then(|| String::from_utf8_lossy(&r.body).into_owned()),
+        response_headers,
+        upstream_saw: seen.as_ref().map(|s| {
+            s.headers
+                .iter()
+                .map(|(k, v)| {
+                    let v = if TVOLATILE.contains(&k.as_str()) {
+                        "<present>".to_string()
+                    } else if k == "x-envoy-expected-rq-timeout-ms" {
+                        expected_timeout_bucket(v)
+                    } else if k == "x-rec-key" {
+                        v.trim_end_matches("-Envoy")
+                            .trim_end_matches("-Skiff")
+                            .to_string()
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        }),
+        upstream_name: seen.as_ref().map(|s| s.name.clone()),
+        upstream_path: seen.map(|s| s.path),
+        attempts,
+        mirrored,
+    }
+}
+
+#[test]
+fn traffic_management_like_envoy() {
+    let peers = TrafficPeers {
+        up: Recorder::start("up"),
+        mirror: Recorder::start("mirror"),
+        hashed: vec![
+            Recorder::start("h0"),
+            Recorder::start("h1"),
+            Recorder::start("h2"),
+        ],
+        dead: free_port(),
+    };
+    let start = |kind: Kind| {
+        let (port, admin) = (free_port(), free_port());
+        let cfg = traffic_bootstrap(port, admin, &peers);
+        let mut proc = match kind {
+            Kind::Skiff => ProxyProc::skiff(BIN, &cfg, admin),
+            Kind::Envoy => ProxyProc::envoy(&cfg, admin),
+        };
+        proc.wait_ready();
+        Side { proc, port }
+    };
+    let envoy = start(Kind::Envoy);
+    let skiff = start(Kind::Skiff);
+    let mut diffs = Vec::new();
+    let mut table = Vec::new();
+    let mut timings = Vec::new();
+    for (i, case) in TRAFFIC_CASES.iter().enumerate() {
+        let mut results = Vec::new();
+        for side in [&envoy, &skiff] {
+            peers.up.clear();
+            peers.mirror.clear();
+            let keyed: Vec<(String, String)> = case
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    if *k == "x-rec-key" {
+                        (k.to_string(), format!("{v}-{:?}", side.proc.kind))
+                    } else {
+                        (k.to_string(), v.to_string())
+                    }
+                })
+                .collect();
+            let mut headers: Vec<(&str, &str)> = vec![("host", case.host)];
+            headers.extend(keyed.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let t0 = std::time::Instant::now();
+            let reply = raw_request(side.port, case.method, case.path, &headers, case.body)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            timings.push((case.name, side.proc.kind, t0.elapsed()));
+            let lines = side.proc.wait_log_lines(i + 1);
+            let line = lines.get(i).cloned().unwrap_or_default();
+            // Mirrors are fire and forget: give them a moment to land.
+            let mirrored: Vec<(String, String, usize)> = peers
+                .mirror
+                .wait_for(
+                    1,
+                    std::time::Duration::from_millis(if case.host.starts_with("mirror") { 1000 } else { 50 }),
+                )
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.headers.get("host").cloned().unwrap_or_default(),
+                        s.path,
+                        s.body_len,
+                    )
+                })
+                .collect();
+            results.push((tobserve(&reply, peers.up.count(), mirrored), log_fields(&line)));
+        }
+        let (e, s) = (&results[0], &results[1]);
+        let same = e == s;
+        table.push(format!(
+            "| {} | {} {} | {} |",
+            case.name,
+            e.0.status,
+            e.1.get(1).cloned().unwrap_or_default(),
+            if same { "same" } else { "DIFFERENT" }
+        ));
+        if !same {
+            diffs.push(format!(
+                "== {}\n envoy: {:?}\n        log {:?}\n skiff: {:?}\n        log {:?}",
+                case.name, e.0, e.1, s.0, s.1
+            ));
+        }
+    }
+    println!("{}", table.join("\n"));
+    // The injected delay is real in both (0.4 s fixed delay; the 0.25 s route timeout starts after it).
+    for (name, kind, took) in &timings {
+        if name.starts_with("fault delay then upstream") {
+            assert!(
+                // Envoy's timers have millisecond granularity and may fire a hair early.
+                *took >= std::time::Duration::from_millis(390) && *took < std::time::Duration::from_secs(3),
+                "{kind:?} took {took:?}"
+            );
+        }
+    }
+
+    // Consistent hashing: each key goes to the same endpoint in both proxies.
+    for (path, what) in [("/ring", "ring hash"), ("/maglev", "maglev")] {
+        let pick = |port: u16, user: &str| {
+            let r = raw_request(port, "GET", path, &[("host", "hash.test"), ("x-user", user)], b"").unwrap();
+            r.seen().map(|s| s.name).unwrap_or_default()
+        };
+        let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+        let e: Vec<String> = users.iter().map(|u| pick(envoy.port, u)).collect();
+        let s: Vec<String> = users.iter().map(|u| pick(skiff.port, u)).collect();
+        let spread: std::collections::BTreeSet<&String> = e.iter().collect();
+        assert!(spread.len() > 1, "{what}: every key on one host: {e:?}");
+        if e != s {
+            diffs.push(format!("== {what} by header\n envoy: {e:?}\n skiff: {s:?}"));
+        }
+    }
+    // Query-parameter hashing on the Maglev cluster.
+    {
+        let pick = |port: u16, u: usize| {
+            let r = raw_request(
+                port,
+                "GET",
+                &format!("/query?u=k{u}&x=1"),
+                &[("host", "hash.test")],
+                b"",
+            )
+            .unwrap();
+            r.seen().map(|s| s.name).unwrap_or_default()
+        };
+        let e: Vec<String> = (0..20).map(|u| pick(envoy.port, u)).collect();
+        let s: Vec<String> = (0..20).map(|u| pick(skiff.port, u)).collect();
+        if e != s {
+            diffs.push(format!(
+                "== maglev by query parameter\n envoy: {e:?}\n skiff: {s:?}"
+            ));
+        }
+    }
+    // A generated cookie: Envoy's format, a value derived from the connection's addresses, and
+    // the request lands where a later request carrying that cookie lands.
+    for side in [&envoy, &skiff] {
+        let r = raw_request(side.port, "GET", "/cookie", &[("host", "hash.test")], b"").unwrap();
+        let cookie = r.header("set-cookie").unwrap_or_default().to_string();
+        let value = cookie
+            .strip_prefix("session=\"")
+            .and_then(|c| c.split_once('"'))
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_default();
+        let expected = format!(
+            "{:016x}",
+            proxy::hash::xxhash64(format!("{}127.0.0.1:{}", r.local, side.port).as_bytes(), 0)
+        );
+        assert_eq!(
+            cookie,
+            format!("session=\"{expected}\"; Max-Age=3600; Path=/cookie; HttpOnly"),
+            "{:?}",
+            side.proc.kind
+        );
+        let first = r.seen().unwrap().name;
+        for _ in 0..5 {
+            let again = raw_request(
+                side.port,
+                "GET",
+                "/cookie",
+                &[("host", "hash.test"), ("cookie", &format!("session={value}"))],
+                b"",
+            )
+            .unwrap();
+            assert!(again.header("set-cookie").is_none());
+            assert_eq!(
+                again.seen().unwrap().name,
+                first,
+                "{:?}: cookie not sticky",
+                side.proc.kind
+            );
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} traffic cases differ from Envoy:\n{}",
+        diffs.len(),
         diffs.join("\n")
     );
 }

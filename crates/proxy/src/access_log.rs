@@ -16,84 +16,109 @@ pub const ISTIO_DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-E
 /// Envoy's own default format (used when a file logger has no format).
 pub const ENVOY_DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
 
-/// Envoy's response flags, in the order Envoy prints them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ResponseFlags(u32);
+/// Envoy's response flags. Envoy prints them in the order they were set (a retry limit
+/// reached before the connect failure that ends the request prints `URX,UF`), so the set
+/// remembers its insertion order.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResponseFlags {
+    bits: u32,
+    /// Flag indices (5 bits each) in insertion order.
+    order: u64,
+    len: u8,
+}
+
+/// Equal when the same flags are set, whatever their order.
+impl PartialEq for ResponseFlags {
+    fn eq(&self, other: &Self) -> bool {
+        self.bits == other.bits
+    }
+}
+
+impl Eq for ResponseFlags {}
+
+macro_rules! flags {
+    ($($name:ident = $bit:expr),* $(,)?) => {
+        impl ResponseFlags {
+            $(pub const $name: Self = Self { bits: 1 << $bit, order: $bit, len: 1 };)*
+        }
+    };
+}
+
+flags! {
+    LH = 0, UH = 1, UT = 2, LR = 3, UR = 4, UF = 5, UC = 6, UO = 7, NR = 8, DI = 9, FI = 10,
+    RL = 11, UAEX = 12, RLSE = 13, DC = 14, URX = 15, SI = 16, IH = 17, DPE = 18, UMSDR = 19,
+    RFCF = 20, NFCF = 21, DT = 22, UPE = 23, NC = 24, OM = 25, DF = 26,
+}
 
 impl ResponseFlags {
-    pub const LH: Self = Self(1 << 0);
-    pub const UH: Self = Self(1 << 1);
-    pub const UT: Self = Self(1 << 2);
-    pub const LR: Self = Self(1 << 3);
-    pub const UR: Self = Self(1 << 4);
-    pub const UF: Self = Self(1 << 5);
-    pub const UC: Self = Self(1 << 6);
-    pub const UO: Self = Self(1 << 7);
-    pub const NR: Self = Self(1 << 8);
-    pub const DI: Self = Self(1 << 9);
-    pub const FI: Self = Self(1 << 10);
-    pub const RL: Self = Self(1 << 11);
-    pub const UAEX: Self = Self(1 << 12);
-    pub const RLSE: Self = Self(1 << 13);
-    pub const DC: Self = Self(1 << 14);
-    pub const URX: Self = Self(1 << 15);
-    pub const SI: Self = Self(1 << 16);
-    pub const IH: Self = Self(1 << 17);
-    pub const DPE: Self = Self(1 << 18);
-    pub const UMSDR: Self = Self(1 << 19);
-    pub const RFCF: Self = Self(1 << 20);
-    pub const NFCF: Self = Self(1 << 21);
-    pub const DT: Self = Self(1 << 22);
-    pub const UPE: Self = Self(1 << 23);
-    pub const NC: Self = Self(1 << 24);
-    pub const OM: Self = Self(1 << 25);
-    pub const DF: Self = Self(1 << 26);
-
     const NAMES: [&'static str; 27] = [
         "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX",
         "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF",
     ];
 
     pub fn empty() -> Self {
-        Self(0)
+        Self::default()
     }
 
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.bits == 0
     }
 
+    /// Adds the flags of `other` not set yet, after the ones already set.
     pub fn insert(&mut self, other: Self) {
-        self.0 |= other.0;
+        for i in other.indices() {
+            if self.bits & (1 << i) == 0 {
+                self.bits |= 1 << i;
+                if self.len < 12 {
+                    self.order |= u64::from(i) << (5 * self.len);
+                    self.len += 1;
+                }
+            }
+        }
+    }
+
+    /// Flag indices in insertion order.
+    fn indices(self) -> impl Iterator<Item = u32> {
+        let listed = (0..self.len).map(move |k| ((self.order >> (5 * k)) & 31) as u32);
+        // Flags beyond the 12 remembered in order follow in table order.
+        let rest = (0..27u32).filter(move |i| {
+            self.bits & (1 << i) != 0 && !(0..self.len).any(|k| ((self.order >> (5 * k)) & 31) as u32 == *i)
+        });
+        listed.chain(rest)
     }
 
     pub fn contains(self, other: Self) -> bool {
-        self.0 & other.0 == other.0 && other.0 != 0
+        self.bits & other.bits == other.bits && other.bits != 0
     }
 
     pub fn intersects(self, other: Self) -> bool {
-        self.0 & other.0 != 0
+        self.bits & other.bits != 0
     }
 
     /// Parses one short name (`UF`), as used by `response_flag_filter`.
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::NAMES.iter().position(|n| *n == name).map(|i| Self(1 << i))
+        Self::NAMES.iter().position(|n| *n == name).map(|i| {
+            let mut f = Self::default();
+            f.insert(Self {
+                bits: 1 << i,
+                order: i as u64,
+                len: 1,
+            });
+            f
+        })
     }
 
     /// `UF,URX`, or `-` when none.
     pub fn write_short(self, out: &mut String) {
-        if self.0 == 0 {
+        if self.bits == 0 {
             out.push('-');
             return;
         }
-        let mut first = true;
-        for (i, name) in Self::NAMES.iter().enumerate() {
-            if self.0 & (1 << i) != 0 {
-                if !first {
-                    out.push(',');
-                }
-                out.push_str(name);
-                first = false;
+        for (n, i) in self.indices().enumerate() {
+            if n > 0 {
+                out.push(',');
             }
+            out.push_str(Self::NAMES[i as usize]);
         }
     }
 
@@ -871,9 +896,21 @@ mod tests {
     fn flags_print_in_envoy_order() {
         let mut f = ResponseFlags::empty();
         assert_eq!(f.to_short_string(), "-");
+        // Envoy 1.40 prints flags in the order they were set (checked in proxy_diff.rs: a
+        // connect failure after the last retry logs `URX,UF`).
         f.insert(ResponseFlags::URX);
         f.insert(ResponseFlags::UF);
-        assert_eq!(f.to_short_string(), "UF,URX");
+        f.insert(ResponseFlags::URX);
+        assert_eq!(f.to_short_string(), "URX,UF");
+        let mut g = ResponseFlags::empty();
+        g.insert(ResponseFlags::DI);
+        g.insert(ResponseFlags::FI);
+        assert_eq!(g.to_short_string(), "DI,FI");
+        assert_eq!(f, {
+            let mut h = ResponseFlags::UF;
+            h.insert(ResponseFlags::URX);
+            h
+        });
         assert_eq!(ResponseFlags::from_name("NR"), Some(ResponseFlags::NR));
     }
 

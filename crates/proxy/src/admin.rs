@@ -249,6 +249,8 @@ pub fn clusters_proto(snap: &Snapshot) -> admin::Clusters {
             },
             ..Default::default()
         };
+        // Interval ticks due now (unejections) before reporting health.
+        c.tick();
         for h in c.all_hosts() {
             let s = &h.stats;
             let counter = |n: &str, v: u64| admin::SimpleMetric {
@@ -275,8 +277,14 @@ pub fn clusters_proto(snap: &Snapshot) -> admin::Clusters {
                 ],
                 health_status: Some(admin::HostHealthStatus {
                     eds_health_status: if h.healthy { 1 } else { 2 },
+                    failed_outlier_check: h.outlier.is_ejected(),
                     ..Default::default()
                 }),
+                success_rate: c
+                    .has_outlier_detection()
+                    .then(|| xds::pb::envoy::r#type::v3::Percent {
+                        value: h.outlier.success_rate(),
+                    }),
                 weight: h.weight,
                 hostname: h.hostname.clone().unwrap_or_default(),
                 locality: Some(core::Locality::default()),
@@ -338,19 +346,26 @@ pub fn clusters_text(snap: &Snapshot) -> String {
                 let _ = writeln!(out, "{n}::{addr}::{k}::{v}");
             }
             let _ = writeln!(out, "{n}::{addr}::hostname::{}", h.hostname);
-            let healthy = h.health_status.as_ref().is_none_or(|s| s.eds_health_status != 2);
-            let _ = writeln!(
-                out,
-                "{n}::{addr}::health_flags::{}",
-                if healthy { "healthy" } else { "/failed_eds_health" }
-            );
+            // Envoy's flag order: active HC, outlier check, EDS health.
+            let mut flags = String::new();
+            if h.health_status.as_ref().is_some_and(|s| s.failed_outlier_check) {
+                flags.push_str("/failed_outlier_check");
+            }
+            if h.health_status.as_ref().is_some_and(|s| s.eds_health_status == 2) {
+                flags.push_str("/failed_eds_health");
+            }
+            if flags.is_empty() {
+                flags.push_str("healthy");
+            }
+            let _ = writeln!(out, "{n}::{addr}::health_flags::{flags}");
             let _ = writeln!(out, "{n}::{addr}::weight::{}", h.weight);
             for k in ["region", "zone", "sub_zone"] {
                 let _ = writeln!(out, "{n}::{addr}::{k}::");
             }
             let _ = writeln!(out, "{n}::{addr}::canary::false");
             let _ = writeln!(out, "{n}::{addr}::priority::0");
-            let _ = writeln!(out, "{n}::{addr}::success_rate::-1");
+            let sr = h.success_rate.as_ref().map_or(-1.0, |p| p.value);
+            let _ = writeln!(out, "{n}::{addr}::success_rate::{sr}");
             let _ = writeln!(out, "{n}::{addr}::local_origin_success_rate::-1");
         }
     }

@@ -31,6 +31,9 @@ use xds::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Va
 use crate::access_log::{AccessLogSink, CmpOp, Format, LogFilter, LogWriter, ResponseFlags};
 use crate::model::*;
 
+pub mod tls;
+pub mod traffic;
+
 /// A resource that cannot be used. `Display`: `cluster "foo": connect_timeout: must not be negative`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {name:?}: {field}: {reason}")]
@@ -98,8 +101,6 @@ const SKIPPABLE_FILTERS: &[&str] = &[
     "istio.alpn",
     "envoy.filters.http.grpc_stats",
     "envoy.filters.network.metadata_exchange",
-    "envoy.filters.http.cors",
-    "envoy.filters.http.fault",
     "envoy.filters.http.grpc_web",
 ];
 
@@ -620,14 +621,10 @@ fn filter_chain(
         &format!("{field}.filter_chain_match"),
         fc.filter_chain_match.as_ref(),
     )?;
-    if let Some(ts) = &fc.transport_socket {
-        if !ts.name.ends_with("raw_buffer") {
-            return Err(ctx.err(
-                format!("{field}.transport_socket"),
-                format!("transport socket {} is not supported yet", ts.name),
-            ));
-        }
-    }
+    let tls = match &fc.transport_socket {
+        Some(ts) => tls::transport_socket(ctx, &format!("{field}.transport_socket"), ts)?.map(Arc::new),
+        None => None,
+    };
     let mut terminal = None;
     for (i, f) in fc.filters.iter().enumerate() {
         let ff = format!("{field}.filters[{i}]");
@@ -678,6 +675,7 @@ fn filter_chain(
         name: fc.name.clone(),
         matcher,
         filter,
+        tls,
     })
 }
 
@@ -698,6 +696,14 @@ fn tcp_proxy(ctx: &mut Ctx<'_>, field: &str, c: &tcp_proxy::TcpProxy) -> Result<
     if c.tunneling_config.is_some() {
         ctx.unsupported(&format!("{field}.tunneling_config"));
     }
+    let mut hash_source_ip = false;
+    for (i, h) in c.hash_policy.iter().enumerate() {
+        use xds::pb::envoy::r#type::v3::hash_policy::PolicySpecifier as H;
+        match &h.policy_specifier {
+            Some(H::SourceIp(_)) => hash_source_ip = true,
+            _ => ctx.unsupported(&format!("{field}.hash_policy[{i}]")),
+        }
+    }
     Ok(TcpProxy {
         stat_prefix: c.stat_prefix.clone(),
         cluster,
@@ -708,6 +714,7 @@ fn tcp_proxy(ctx: &mut Ctx<'_>, field: &str, c: &tcp_proxy::TcpProxy) -> Result<
             Some(Duration::from_secs(3600)),
         )?,
         access_logs: access_logs(ctx, &format!("{field}.access_log"), &c.access_log)?,
+        hash_source_ip,
     })
 }
 
@@ -729,16 +736,41 @@ fn http_connection_manager(
         None => return Err(ctx.err(field, "rds or route_config is required")),
     };
     let mut has_router = false;
+    let mut http_filters = Vec::new();
     for (i, f) in c.http_filters.iter().enumerate() {
         let ff = format!("{field}.http_filters[{i}]");
-        let type_url = match &f.config_type {
-            Some(hcm::http_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
-            _ => "",
+        let any = match &f.config_type {
+            Some(hcm::http_filter::ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
         };
+        let type_url = any.map(|a| a.type_url.as_str()).unwrap_or("");
+        if has_router {
+            return Err(ctx.err(&ff, "a filter after the router filter"));
+        }
         if type_url == ROUTER_TYPE || f.name == "envoy.filters.http.router" {
             has_router = true;
         } else if f.disabled {
             continue;
+        } else if type_url == traffic::FAULT_TYPE
+            || (type_url.is_empty() && f.name == "envoy.filters.http.fault")
+        {
+            let config = match any {
+                Some(any) => {
+                    let pb: xds::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
+                        decode(ctx, &format!("{ff}.typed_config"), any, traffic::FAULT_TYPE)?;
+                    traffic::fault(ctx, &format!("{ff}.typed_config"), &pb)?
+                }
+                None => Fault::default(),
+            };
+            http_filters.push(HttpFilter::Fault {
+                name: f.name.clone(),
+                config: Arc::new(config),
+                stats: Arc::default(),
+            });
+        } else if type_url == traffic::CORS_TYPE
+            || (type_url.is_empty() && f.name == "envoy.filters.http.cors")
+        {
+            http_filters.push(HttpFilter::Cors { name: f.name.clone() });
         } else if SKIPPABLE_FILTERS.contains(&f.name.as_str()) || f.is_optional {
             ctx.warn(&ff, format!("HTTP filter {} is skipped", f.name));
         } else {
@@ -836,6 +868,7 @@ fn http_connection_manager(
             None => Vec::new(),
         },
         access_logs: access_logs(ctx, &format!("{field}.access_log"), &c.access_log)?,
+        http_filters,
     })
 }
 
@@ -868,7 +901,9 @@ fn route_config_with(ctx: &mut Ctx<'_>, rc: &route::RouteConfiguration) -> Resul
     if rc.vhds.is_some() {
         ctx.unsupported("vhds");
     }
+    let per_filter = traffic::per_filter(ctx, "typed_per_filter_config", &rc.typed_per_filter_config)?;
     Ok(RouteConfig {
+        per_filter,
         name: rc.name.clone(),
         virtual_hosts,
         headers: mutations(
@@ -906,10 +941,26 @@ fn virtual_host(ctx: &mut Ctx<'_>, field: &str, vh: &route::VirtualHost) -> Resu
     for (i, r) in vh.routes.iter().enumerate() {
         routes.push(route(ctx, &format!("{field}.routes[{i}]"), r)?);
     }
-    if vh.cors.is_some() {
-        ctx.unsupported(&format!("{field}.cors"));
-    }
+    let cors = vh
+        .cors
+        .as_ref()
+        .map(|c| traffic::route_cors(ctx, &format!("{field}.cors"), c).map(Arc::new))
+        .transpose()?;
+    let require_tls = match vh.require_tls {
+        0 => RequireTls::None,
+        1 => RequireTls::ExternalOnly,
+        2 => RequireTls::All,
+        n => return Err(ctx.err(format!("{field}.require_tls"), format!("unknown value {n}"))),
+    };
+    let per_filter = traffic::per_filter(
+        ctx,
+        &format!("{field}.typed_per_filter_config"),
+        &vh.typed_per_filter_config,
+    )?;
     Ok(VirtualHost {
+        require_tls,
+        cors,
+        per_filter,
         name: vh.name.clone(),
         domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
         routes,
@@ -938,7 +989,7 @@ fn route(ctx: &mut Ctx<'_>, field: &str, r: &route::Route) -> Result<Route, Conf
     let matcher = route_match(ctx, &format!("{field}.match"), m)?;
     let action = match &r.action {
         Some(route::route::Action::Route(a)) => {
-            Action::Forward(route_action(ctx, &format!("{field}.route"), a)?)
+            Action::Forward(Box::new(route_action(ctx, &format!("{field}.route"), a)?))
         }
         Some(route::route::Action::Redirect(rd)) => {
             Action::Redirect(redirect(ctx, &format!("{field}.redirect"), rd)?)
@@ -981,6 +1032,53 @@ fn route(ctx: &mut Ctx<'_>, field: &str, r: &route::Route) -> Result<Route, Conf
             &r.response_headers_to_remove,
         )?,
         decorator: r.decorator.as_ref().map(|d| d.operation.clone()),
+        per_filter: traffic::per_filter(
+            ctx,
+            &format!("{field}.typed_per_filter_config"),
+            &r.typed_per_filter_config,
+        )?,
+    })
+}
+
+/// Converts one `HeaderMatcher` (routes, fault filter headers).
+fn header_matcher(
+    ctx: &Ctx<'_>,
+    field: &str,
+    h: &route::HeaderMatcher,
+) -> Result<HeaderMatcher, ConfigError> {
+    use route::header_matcher::HeaderMatchSpecifier as H;
+    let f = field.to_owned();
+    let s = |k: StringMatch| {
+        HeaderMatch::String(StringMatcher {
+            kind: k,
+            ignore_case: false,
+        })
+    };
+    let kind = match &h.header_match_specifier {
+        Some(H::ExactMatch(v)) => s(StringMatch::Exact(v.clone())),
+        Some(H::PrefixMatch(v)) => s(StringMatch::Prefix(v.clone())),
+        Some(H::SuffixMatch(v)) => s(StringMatch::Suffix(v.clone())),
+        Some(H::ContainsMatch(v)) => s(StringMatch::Contains(v.clone())),
+        Some(H::SafeRegexMatch(r)) => s(StringMatch::Regex(regex(
+            ctx,
+            &format!("{f}.safe_regex_match"),
+            r,
+        )?)),
+        Some(H::StringMatch(sm)) => {
+            HeaderMatch::String(string_matcher(ctx, &format!("{f}.string_match"), sm)?)
+        }
+        Some(H::PresentMatch(p)) => HeaderMatch::Present(*p),
+        Some(H::RangeMatch(r)) => HeaderMatch::Range(r.start, r.end),
+        None => HeaderMatch::Present(true),
+    };
+    if h.name.is_empty() {
+        return Err(ctx.err(format!("{f}.name"), "is required"));
+    }
+    Ok(HeaderMatcher {
+        name: h.name.to_ascii_lowercase(),
+        kind,
+        invert: h.invert_match,
+        treat_missing_as_empty: h.treat_missing_header_as_empty,
     })
 }
 
@@ -1007,40 +1105,7 @@ fn route_match(ctx: &mut Ctx<'_>, field: &str, m: &route::RouteMatch) -> Result<
     };
     let mut headers = Vec::with_capacity(m.headers.len());
     for (i, h) in m.headers.iter().enumerate() {
-        use route::header_matcher::HeaderMatchSpecifier as H;
-        let f = format!("{field}.headers[{i}]");
-        let s = |k: StringMatch| {
-            HeaderMatch::String(StringMatcher {
-                kind: k,
-                ignore_case: false,
-            })
-        };
-        let kind = match &h.header_match_specifier {
-            Some(H::ExactMatch(v)) => s(StringMatch::Exact(v.clone())),
-            Some(H::PrefixMatch(v)) => s(StringMatch::Prefix(v.clone())),
-            Some(H::SuffixMatch(v)) => s(StringMatch::Suffix(v.clone())),
-            Some(H::ContainsMatch(v)) => s(StringMatch::Contains(v.clone())),
-            Some(H::SafeRegexMatch(r)) => s(StringMatch::Regex(regex(
-                ctx,
-                &format!("{f}.safe_regex_match"),
-                r,
-            )?)),
-            Some(H::StringMatch(sm)) => {
-                HeaderMatch::String(string_matcher(ctx, &format!("{f}.string_match"), sm)?)
-            }
-            Some(H::PresentMatch(p)) => HeaderMatch::Present(*p),
-            Some(H::RangeMatch(r)) => HeaderMatch::Range(r.start, r.end),
-            None => HeaderMatch::Present(true),
-        };
-        if h.name.is_empty() {
-            return Err(ctx.err(format!("{f}.name"), "is required"));
-        }
-        headers.push(HeaderMatcher {
-            name: h.name.to_ascii_lowercase(),
-            kind,
-            invert: h.invert_match,
-            treat_missing_as_empty: h.treat_missing_header_as_empty,
-        });
+        headers.push(header_matcher(ctx, &format!("{field}.headers[{i}]"), h)?);
     }
     let mut query_parameters = Vec::with_capacity(m.query_parameters.len());
     for (i, q) in m.query_parameters.iter().enumerate() {
@@ -1176,10 +1241,18 @@ fn route_action(ctx: &mut Ctx<'_>, field: &str, a: &route::RouteAction) -> Resul
             ))
         }
     };
+    let mirrors = traffic::mirrors(
+        ctx,
+        &format!("{field}.request_mirror_policies"),
+        &a.request_mirror_policies,
+    )?;
+    let hash_policy = traffic::hash_policies(ctx, &format!("{field}.hash_policy"), &a.hash_policy)?;
+    let cors = a
+        .cors
+        .as_ref()
+        .map(|c| traffic::route_cors(ctx, &format!("{field}.cors"), c).map(Arc::new))
+        .transpose()?;
     for (set, f) in [
-        (!a.hash_policy.is_empty(), "hash_policy"),
-        (!a.request_mirror_policies.is_empty(), "request_mirror_policies"),
-        (a.cors.is_some(), "cors"),
         (!a.upgrade_configs.is_empty(), "upgrade_configs"),
         (a.hedge_policy.is_some(), "hedge_policy"),
         (a.metadata_match.is_some(), "metadata_match"),
@@ -1211,6 +1284,9 @@ fn route_action(ctx: &mut Ctx<'_>, field: &str, a: &route::RouteAction) -> Resul
             .as_ref()
             .map(|p| retry_policy(ctx, &format!("{field}.retry_policy"), p))
             .transpose()?,
+        mirrors,
+        hash_policy,
+        cors,
     })
 }
 
@@ -1241,7 +1317,8 @@ fn retry_policy(ctx: &mut Ctx<'_>, field: &str, p: &route::RetryPolicy) -> Resul
         match cond {
             "5xx" => on.five_xx = true,
             "gateway-error" => on.gateway_error = true,
-            "reset" | "reset-before-request" => on.reset = true,
+            "reset" => on.reset = true,
+            "reset-before-request" => on.reset_before_request = true,
             "connect-failure" => on.connect_failure = true,
             "retriable-4xx" => on.retriable_4xx = true,
             "refused-stream" => on.refused_stream = true,
@@ -1297,6 +1374,22 @@ fn retry_policy(ctx: &mut Ctx<'_>, field: &str, p: &route::RetryPolicy) -> Resul
             .collect(),
         base_interval: base,
         max_interval: max,
+        previous_hosts: traffic::retry_host_predicates(
+            ctx,
+            &format!("{field}.retry_host_predicate"),
+            &p.retry_host_predicate,
+        ),
+        host_selection_max_attempts: match p.host_selection_retry_max_attempts {
+            n if n < 0 => {
+                return Err(ctx.err(
+                    format!("{field}.host_selection_retry_max_attempts"),
+                    format!("{n} is negative"),
+                ))
+            }
+            // Envoy's default when unset: one extra selection.
+            0 => 1,
+            n => n.min(i64::from(u32::MAX)) as u32,
+        },
     })
 }
 
@@ -1402,13 +1495,7 @@ pub fn cluster(c: &cluster::Cluster, warnings: &mut Vec<String>) -> Result<Clust
         }
         3 => LbPolicy::Random,
         6 => LbPolicy::ClusterProvided,
-        2 | 5 => {
-            ctx.warn(
-                "lb_policy",
-                "RING_HASH/MAGLEV are not supported yet; using ROUND_ROBIN",
-            );
-            LbPolicy::RoundRobin
-        }
+        2 | 5 => traffic::hashing_lb(&ctx, c)?,
         n => return Err(ctx.err("lb_policy", format!("policy {n} is not supported"))),
     };
     let lb_policy = if discovery == Discovery::OriginalDst {
@@ -1474,9 +1561,19 @@ pub fn cluster(c: &cluster::Cluster, warnings: &mut Vec<String>) -> Result<Clust
             "not supported yet; connecting in plaintext",
         );
     }
+    let outlier_detection = c
+        .outlier_detection
+        .as_ref()
+        .map(|o| traffic::outlier_detection(&mut ctx, o))
+        .transpose()?;
+    let healthy_panic_threshold = traffic::panic_threshold(&ctx, c)?;
+    let dns = if matches!(discovery, Discovery::StrictDns | Discovery::LogicalDns) {
+        traffic::dns(&mut ctx, c)?
+    } else {
+        DnsConfig::default()
+    };
     for (set, f) in [
         (!c.health_checks.is_empty(), "health_checks"),
-        (c.outlier_detection.is_some(), "outlier_detection"),
         (c.lb_subset_config.is_some(), "lb_subset_config"),
         (c.load_balancing_policy.is_some(), "load_balancing_policy"),
     ] {
@@ -1522,8 +1619,9 @@ pub fn cluster(c: &cluster::Cluster, warnings: &mut Vec<String>) -> Result<Clust
             common.as_ref().and_then(|o| o.idle_timeout.as_ref()),
             Some(Duration::from_secs(3600)),
         )?,
-        dns_refresh: opt_duration(&ctx, "dns_refresh_rate", c.dns_refresh_rate.as_ref())?
-            .unwrap_or(Duration::from_secs(5)),
+        dns,
+        healthy_panic_threshold,
+        outlier_detection,
         service,
     })
 }

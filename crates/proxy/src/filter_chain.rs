@@ -178,7 +178,9 @@ mod tests {
                 cluster: ClusterTarget::Named(name.into()),
                 idle_timeout: None,
                 access_logs: vec![],
+                hash_source_ip: false,
             })),
+            tls: None,
         }
     }
 

@@ -21,8 +21,11 @@ use tokio::net::TcpStream;
 
 use crate::access_log::{self, LogRecord, RequestView, ResponseFlags};
 use crate::cluster::{ClusterState, Host, LbContext, SlotKind};
+use crate::convert::traffic;
+use crate::cors;
 use crate::listener::ConnMeta;
 use crate::model::*;
+use crate::outlier::Outcome;
 use crate::route::{self, RequestHead};
 use crate::snapshot::Snapshot;
 use crate::stats;
@@ -39,6 +42,11 @@ static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-atte
 static X_ENVOY_DECORATOR_OPERATION: HeaderName = HeaderName::from_static("x-envoy-decorator-operation");
 static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
 static X_ENVOY_MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries");
+static X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
+static X_ENVOY_RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
+static X_ENVOY_RETRY_GRPC_ON: HeaderName = HeaderName::from_static("x-envoy-retry-grpc-on");
+static X_ENVOY_RETRIABLE_STATUS_CODES: HeaderName = HeaderName::from_static("x-envoy-retriable-status-codes");
 static VIA: HeaderName = HeaderName::from_static("via");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 
@@ -164,6 +172,8 @@ struct Finish {
     host: Option<Arc<Host>>,
     _request_slot: Option<crate::cluster::Slot>,
     grpc: bool,
+    /// Count the response in the cluster's `upstream_rq_*` (the router's answers only).
+    upstream_stats: bool,
 }
 
 impl Finish {
@@ -182,7 +192,9 @@ impl Finish {
             }
         }
         access_log::emit(&self.ctx.hcm.access_logs, &self.rec);
-        stats::count_request(self.cluster.as_ref(), self.rec.response_code);
+        if self.upstream_stats {
+            stats::count_request(self.cluster.as_ref(), self.rec.response_code);
+        }
         let labels = self.host.as_ref().map(|h| h.labels.as_slice()).unwrap_or(&[]);
         stats::http_request(
             &self.ctx.meta,
@@ -270,35 +282,6 @@ impl Drop for ResBody {
             };
             f.done(flag);
         }
-    }
-}
-
-/// Counts request body bytes on their way upstream.
-struct CountingBody {
-    inner: Incoming,
-    count: Arc<AtomicU64>,
-}
-
-impl HttpBody for CountingBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let p = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &p {
-            if let Some(d) = f.data_ref() {
-                self.count.fetch_add(d.len() as u64, Relaxed);
-            }
-        }
-        p
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -456,14 +439,414 @@ impl LocalReply {
     }
 }
 
+/// Headers decided before the response exists (CORS, a generated hash cookie): set on
+/// whatever response goes out, from the upstream or local.
+#[derive(Default)]
+struct Extra {
+    set: Vec<(HeaderName, HeaderValue)>,
+    append: Vec<(HeaderName, HeaderValue)>,
+}
+
 /// Routes and forwards one request.
 async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
+    let mut extra = Extra::default();
+    let mut resp = route_request(ctx, req, &mut extra).await;
+    if !extra.set.is_empty() || !extra.append.is_empty() {
+        let h = resp.headers_mut();
+        for (k, v) in extra.set {
+            h.insert(k, v);
+        }
+        for (k, v) in extra.append {
+            h.append(k, v);
+        }
+        let headers = resp.headers().clone();
+        if let Some(f) = resp.body_mut().finish.as_mut() {
+            f.rec.response_headers = Some(headers);
+        }
+    }
+    resp
+}
+
+/// The `x-envoy-*` controls an internal (trusted) client may send.
+#[derive(Default)]
+struct Controls {
+    timeout_ms: Option<u64>,
+    per_try_timeout_ms: Option<u64>,
+    max_retries: Option<u32>,
+    retry_on: Option<String>,
+    retry_grpc_on: Option<String>,
+    retriable_status_codes: Vec<u16>,
+}
+
+impl Controls {
+    fn read(headers: &HeaderMap) -> Controls {
+        let s = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Controls {
+            timeout_ms: s(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS).and_then(|v| v.parse().ok()),
+            per_try_timeout_ms: s(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS).and_then(|v| v.parse().ok()),
+            max_retries: s(&X_ENVOY_MAX_RETRIES).and_then(|v| v.parse().ok()),
+            retry_on: s(&X_ENVOY_RETRY_ON),
+            retry_grpc_on: s(&X_ENVOY_RETRY_GRPC_ON),
+            retriable_status_codes: s(&X_ENVOY_RETRIABLE_STATUS_CODES)
+                .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Adds the conditions of `x-envoy-retry-on` / `x-envoy-retry-grpc-on` (unknown ones ignored,
+/// as Envoy does for headers).
+fn merge_retry_on(on: &mut RetryOn, list: &str) {
+    for c in list.split(',').map(str::trim) {
+        match c {
+            "5xx" => on.five_xx = true,
+            "gateway-error" => on.gateway_error = true,
+            "reset" => on.reset = true,
+            "reset-before-request" => on.reset_before_request = true,
+            "connect-failure" => on.connect_failure = true,
+            "retriable-4xx" => on.retriable_4xx = true,
+            "refused-stream" => on.refused_stream = true,
+            "retriable-status-codes" => on.retriable_status_codes = true,
+            "cancelled" => on.grpc_cancelled = true,
+            "deadline-exceeded" => on.grpc_deadline_exceeded = true,
+            "resource-exhausted" => on.grpc_resource_exhausted = true,
+            "unavailable" => on.grpc_unavailable = true,
+            "internal" => on.grpc_internal = true,
+            _ => {}
+        }
+    }
+}
+
+/// Whether a response asks for a retry under `on` (Envoy's `wouldRetryFromHeaders`).
+fn retriable_response(on: RetryOn, codes: &[u16], resp: &Response<Incoming>) -> bool {
+    let s = resp.status().as_u16();
+    let h = resp.headers();
+    if h.contains_key("x-envoy-overloaded") || h.contains_key("x-envoy-ratelimited") {
+        return false;
+    }
+    if (on.five_xx && (500..600).contains(&s))
+        || (on.gateway_error && matches!(s, 502..=504))
+        || (on.retriable_4xx && s == 409)
+        || (on.retriable_status_codes && codes.contains(&s))
+    {
+        return true;
+    }
+    let grpc_any = on.grpc_cancelled
+        || on.grpc_deadline_exceeded
+        || on.grpc_resource_exhausted
+        || on.grpc_unavailable
+        || on.grpc_internal;
+    if grpc_any {
+        // A trailers-only gRPC response carries grpc-status in its headers.
+        if let Some(code) = h
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            return (code == 1 && on.grpc_cancelled)
+                || (code == 4 && on.grpc_deadline_exceeded)
+                || (code == 8 && on.grpc_resource_exhausted)
+                || (code == 14 && on.grpc_unavailable)
+                || (code == 13 && on.grpc_internal);
+        }
+    }
+    false
+}
+
+/// The request body on its way upstream, optionally keeping a copy (up to Envoy's 1 MiB
+/// buffer limit) so that a retry or a mirror can replay it. The copy never delays the
+/// original: frames go upstream as they arrive.
+struct TeeState {
+    inner: std::sync::Mutex<TeeInner>,
+    done: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct TeeInner {
+    chunks: Vec<Bytes>,
+    size: usize,
+    status: TeeStatus,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum TeeStatus {
+    #[default]
+    Open,
+    /// Read to the end and kept whole.
+    Complete,
+    /// Larger than the limit, failed or abandoned: no replay.
+    Lost,
+}
+
+const REPLAY_LIMIT: usize = 1024 * 1024;
+
+impl TeeState {
+    fn new() -> Arc<TeeState> {
+        Arc::new(TeeState {
+            inner: Default::default(),
+            done: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TeeInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, d: &Bytes) {
+        let mut t = self.lock();
+        if t.status != TeeStatus::Open {
+            return;
+        }
+        if t.size + d.len() > REPLAY_LIMIT {
+            drop(t);
+            self.finish(TeeStatus::Lost);
+        } else {
+            t.size += d.len();
+            t.chunks.push(d.clone());
+        }
+    }
+
+    fn finish(&self, status: TeeStatus) {
+        let mut t = self.lock();
+        if t.status == TeeStatus::Open {
+            t.status = status;
+            if status == TeeStatus::Lost {
+                t.chunks.clear();
+            }
+            drop(t);
+            self.done.notify_waiters();
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.lock().status == TeeStatus::Complete
+    }
+
+    /// The whole body, if it has been read and fits.
+    fn complete(&self) -> Option<Bytes> {
+        let t = self.lock();
+        (t.status == TeeStatus::Complete).then(|| {
+            let mut out = bytes::BytesMut::with_capacity(t.size);
+            for c in &t.chunks {
+                out.extend_from_slice(c);
+            }
+            out.freeze()
+        })
+    }
+
+    /// Waits until the body has been read (or lost), then returns it if it fits.
+    async fn wait(&self) -> Option<Bytes> {
+        loop {
+            let notified = self.done.notified();
+            if self.lock().status != TeeStatus::Open {
+                return self.complete();
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts request body bytes on their way upstream (and feeds the copy, if any).
+struct CountingBody {
+    inner: Incoming,
+    count: Arc<AtomicU64>,
+    tee: Option<TeeGuard>,
+}
+
+impl HttpBody for CountingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let p = Pin::new(&mut self.inner).poll_frame(cx);
+        match &p {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.count.fetch_add(d.len() as u64, Relaxed);
+                    if let Some(t) = &self.tee {
+                        t.push(d);
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    if let Some(t) = &self.tee {
+                        t.finish(TeeStatus::Complete);
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(t) = &self.tee {
+                    t.finish(TeeStatus::Complete);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(t) = &self.tee {
+                    t.finish(TeeStatus::Lost);
+                }
+            }
+            Poll::Pending => {}
+        }
+        p
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body's handle on its copy: if the body goes away before its end, whoever waits for
+/// the copy (a mirror) gives up.
+struct TeeGuard(Arc<TeeState>);
+
+impl std::ops::Deref for TeeGuard {
+    type Target = TeeState;
+    fn deref(&self) -> &TeeState {
+        &self.0
+    }
+}
+
+impl Drop for TeeGuard {
+    fn drop(&mut self) {
+        self.0.finish(TeeStatus::Lost);
+    }
+}
+
+fn full_body(b: Bytes) -> Body {
+    http_body_util::Full::new(b)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// What the fault filter decided.
+enum FaultResult {
+    Continue,
+    Abort(LocalReply),
+}
+
+/// Envoy's fault filter for one request: checks, then delay (DI), then abort (FI).
+#[allow(clippy::too_many_arguments)]
+async fn fault_filter(
+    settings: &Fault,
+    stats: &Arc<FaultStats>,
+    cluster_name: Option<&str>,
+    head: &RequestHead<'_>,
+    grpc: bool,
+    rec: &mut LogRecord,
+    active: &mut Option<ActiveFault>,
+) -> FaultResult {
+    if settings.delay.is_none() && settings.abort.is_none() {
+        return FaultResult::Continue;
+    }
+    if let Some(max) = settings.max_active_faults {
+        if stats.active_faults.load(Relaxed) >= max {
+            stats.faults_overflow.fetch_add(1, Relaxed);
+            return FaultResult::Continue;
+        }
+    }
+    if settings
+        .upstream_cluster
+        .as_deref()
+        .is_some_and(|c| Some(c) != cluster_name)
+    {
+        return FaultResult::Continue;
+    }
+    if !settings.downstream_nodes.is_empty() {
+        let node = head
+            .headers
+            .get("x-envoy-downstream-service-node")
+            .and_then(|v| v.to_str().ok());
+        if !node.is_some_and(|n| settings.downstream_nodes.iter().any(|d| d == n)) {
+            return FaultResult::Continue;
+        }
+    }
+    if !settings.headers.iter().all(|h| route::header_matches(h, head)) {
+        return FaultResult::Continue;
+    }
+    let enter = |active: &mut Option<ActiveFault>| {
+        if active.is_none() {
+            stats.active_faults.fetch_add(1, Relaxed);
+            *active = Some(ActiveFault(stats.clone()));
+        }
+    };
+    if let Some(d) = settings
+        .delay
+        .filter(|d| d.percent.sample() && !d.duration.is_zero())
+    {
+        stats.delays_injected.fetch_add(1, Relaxed);
+        enter(active);
+        rec.flags.insert(ResponseFlags::DI);
+        tokio::time::sleep(d.duration).await;
+    }
+    let Some(abort) = settings.abort.filter(|a| a.percent.sample()) else {
+        return FaultResult::Continue;
+    };
+    stats.aborts_injected.fetch_add(1, Relaxed);
+    enter(active);
+    let reply = match abort.status {
+        AbortStatus::Http(code) => LocalReply::new(
+            code,
+            "fault filter abort",
+            ResponseFlags::FI,
+            "fault_filter_abort",
+        ),
+        AbortStatus::Grpc(code) if grpc => {
+            // A trailers-only gRPC answer: 200, status and message in the headers.
+            let mut r = LocalReply::new(200, "", ResponseFlags::FI, "fault_filter_abort");
+            r.headers
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            r.headers.insert("grpc-status", HeaderValue::from(code));
+            r.headers
+                .insert("grpc-message", HeaderValue::from_static("fault filter abort"));
+            r
+        }
+        AbortStatus::Grpc(_) => {
+            LocalReply::new(200, "fault filter abort", ResponseFlags::FI, "fault_filter_abort")
+        }
+    };
+    FaultResult::Abort(reply)
+}
+
+/// Holds one count in `active_faults` while the request is being routed.
+struct ActiveFault(Arc<FaultStats>);
+
+impl Drop for ActiveFault {
+    fn drop(&mut self) {
+        self.0.active_faults.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The downstream address Envoy attributes the request to: the last `x-forwarded-for` hop
+/// when the connection manager does not use the remote address (sidecars), else the peer.
+fn downstream_ip(
+    hcm: &HttpConnectionManager,
+    headers: &HeaderMap,
+    peer: std::net::IpAddr,
+) -> std::net::IpAddr {
+    if hcm.use_remote_address {
+        return peer;
+    }
+    headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next_back()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+/// Routes and forwards one request; `extra` collects headers for whatever response results.
+async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Extra) -> Response<ResBody> {
     let started = Instant::now();
     let start_time = SystemTime::now();
     let snap = ctx.worker.snapshot();
     let hcm = ctx.hcm.clone();
     let version = req.version();
     let (mut parts, body) = req.into_parts();
+    let scheme: &'static str = if ctx.meta.tls { "https" } else { "http" };
 
     let authority = parts
         .uri
@@ -486,17 +869,11 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
 
     // Untrusted clients cannot steer retries and timeouts.
     let internal = is_internal(&hcm, &parts.headers, ctx.meta.peer.ip());
-    let (mut header_timeout, mut header_retries) = (None, None);
-    if internal {
-        header_timeout = parts
-            .headers
-            .get(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        header_retries = parts
-            .headers
-            .get(&X_ENVOY_MAX_RETRIES)
-            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
-    }
+    let controls = if internal {
+        Controls::read(&parts.headers)
+    } else {
+        Controls::default()
+    };
     for h in INTERNAL_ONLY {
         parts.headers.remove(h);
     }
@@ -527,7 +904,7 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
     if external || !parts.headers.contains_key(&X_FORWARDED_PROTO) {
         parts
             .headers
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     }
     if let Some(via) = &hcm.via {
         if let Ok(v) = HeaderValue::from_str(via) {
@@ -550,7 +927,7 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         method: method.to_string(),
         path: path.to_owned(),
         authority: authority.to_owned(),
-        scheme: "http".into(),
+        scheme: scheme.into(),
         headers: headers.clone(),
     };
 
@@ -558,24 +935,151 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         RouteSource::Inline(rc) => Some(rc.clone()),
         RouteSource::Rds(name) => snap.route_config(name).cloned(),
     };
+    let vhost = route_config
+        .as_ref()
+        .and_then(|rc| route::find_virtual_host(rc, &authority).map(|vh| (rc, vh)));
+
+    // `require_tls` (Istio's httpsRedirect) answers before any route is matched.
+    if let Some((_, vh)) = vhost {
+        let forwarded_proto = parts
+            .headers
+            .get(&X_FORWARDED_PROTO)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(scheme);
+        let redirect = match vh.require_tls {
+            RequireTls::None => false,
+            RequireTls::All => forwarded_proto != "https",
+            RequireTls::ExternalOnly => forwarded_proto != "https" && !internal,
+        };
+        if redirect {
+            rec.request = Some(view(&parts.headers, &path, &authority));
+            let mut reply = LocalReply::new(301, "", ResponseFlags::empty(), "direct_response");
+            if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
+                reply.headers.insert(LOCATION, v);
+            }
+            return local_reply(&ctx, rec, started, request_bytes, reply, body, None);
+        }
+    }
+
     let head = RequestHead {
         method: method.as_str(),
         path: &path,
         authority: &authority,
-        scheme: "http",
+        scheme,
         headers: &parts.headers,
     };
-    let found = route_config.as_ref().and_then(|rc| {
-        let vh = route::find_virtual_host(rc, &authority)?;
-        let r = route::find_route(vh, &head)?;
-        Some((rc, vh, r))
-    });
+    let found = vhost.and_then(|(rc, vh)| Some((rc, vh, route::find_route(vh, &head)?)));
     let Some((rc, vh, route)) = found else {
         rec.request = Some(view(&parts.headers, &path, &authority));
         let reply = LocalReply::new(404, "", ResponseFlags::NR, "route_not_found");
         return local_reply(&ctx, rec, started, request_bytes, reply, body, None);
     };
     rec.route_name = (!route.name.is_empty()).then(|| Arc::from(route.name.as_str()));
+
+    // Which cluster (chosen with the route, as Envoy does, so filters can look at it).
+    let (cluster_name, weighted_headers) = match &route.action {
+        Action::Forward(a) => match &a.cluster {
+            ClusterPick::Named(n) => (Some(n.clone()), None),
+            ClusterPick::Header(h) => (
+                parts
+                    .headers
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                None,
+            ),
+            ClusterPick::Weighted { clusters, total } => match route::pick_weighted(clusters, *total) {
+                Some((c, m)) => (Some(c.name.clone()), Some(m)),
+                None => (None, None),
+            },
+        },
+        _ => (None, None),
+    };
+    let cluster = cluster_name.as_deref().and_then(|n| snap.cluster(n).cloned());
+    if cluster.is_some() {
+        rec.upstream_cluster = cluster_name.as_deref().map(Arc::from);
+    }
+
+    // HTTP filters before the router (fault, CORS), in configured order.
+    let mut _active_fault = None;
+    for f in &hcm.http_filters {
+        let levels = [&route.per_filter, &vh.per_filter, &rc.per_filter];
+        match f {
+            HttpFilter::Fault { name, config, stats } => {
+                let settings = match traffic::most_specific(levels, name) {
+                    Some(FilterOverride::Disabled) => continue,
+                    Some(FilterOverride::Fault(f)) => f.clone(),
+                    _ => config.clone(),
+                };
+                let head = RequestHead {
+                    method: method.as_str(),
+                    path: &path,
+                    authority: &authority,
+                    scheme,
+                    headers: &parts.headers,
+                };
+                if let FaultResult::Abort(reply) = fault_filter(
+                    &settings,
+                    stats,
+                    cluster_name.as_deref(),
+                    &head,
+                    grpc,
+                    &mut rec,
+                    &mut _active_fault,
+                )
+                .await
+                {
+                    rec.request = Some(view(&parts.headers, &path, &authority));
+                    return local_reply_at(&ctx, rec, started, request_bytes, reply, body, cluster, false);
+                }
+            }
+            HttpFilter::Cors { name } => {
+                let Action::Forward(action) = &route.action else {
+                    continue;
+                };
+                if matches!(
+                    traffic::most_specific(levels, name),
+                    Some(FilterOverride::Disabled)
+                ) {
+                    continue;
+                }
+                let mut policies: Vec<&CorsPolicy> = levels
+                    .iter()
+                    .filter_map(|l| {
+                        l.iter().find_map(|(n, o)| match o {
+                            FilterOverride::Cors(c) if n == name => Some(c.as_ref()),
+                            _ => None,
+                        })
+                    })
+                    .collect();
+                if policies.is_empty() {
+                    policies.extend(action.cors.as_deref());
+                    policies.extend(vh.cors.as_deref());
+                }
+                match cors::decide(&policies, &method, &parts.headers) {
+                    cors::Decision::Pass => {}
+                    cors::Decision::Annotate(h) => {
+                        extra.set.extend(h.into_iter().filter_map(|(k, v)| Some((k?, v))));
+                    }
+                    cors::Decision::Preflight(h) => {
+                        rec.request = Some(view(&parts.headers, &path, &authority));
+                        let mut reply = LocalReply::new(200, "", ResponseFlags::empty(), "cors_response");
+                        reply.headers = h;
+                        return local_reply_at(
+                            &ctx,
+                            rec,
+                            started,
+                            request_bytes,
+                            reply,
+                            body,
+                            cluster,
+                            false,
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     let action = match &route.action {
         Action::Direct {
@@ -612,24 +1116,6 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         Action::Forward(a) => a,
     };
 
-    // Which cluster.
-    let (cluster_name, weighted_headers) = match &action.cluster {
-        ClusterPick::Named(n) => (Some(n.clone()), None),
-        ClusterPick::Header(h) => (
-            parts
-                .headers
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            None,
-        ),
-        ClusterPick::Weighted { clusters, total } => match route::pick_weighted(clusters, *total) {
-            Some((c, m)) => (Some(c.name.clone()), Some(m)),
-            None => (None, None),
-        },
-    };
-    let cluster = cluster_name.as_deref().and_then(|n| snap.cluster(n).cloned());
-    rec.upstream_cluster = cluster_name.as_deref().map(Arc::from);
     let Some(cluster) = cluster else {
         rec.upstream_cluster = None;
         rec.request = Some(view(&parts.headers, &path, &authority));
@@ -648,6 +1134,35 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         );
         return local_reply(&ctx, rec, started, request_bytes, reply, body, None);
     };
+
+    // The router's clock starts here: time spent in filters (an injected delay) does not
+    // count against the route timeout.
+    let router_started = Instant::now();
+
+    // The request hash, only for clusters that use one (Envoy evaluates hash policies inside
+    // the hashing load balancers, so a cookie is generated only there).
+    let mut lb_hash = None;
+    if cluster.config.lb_policy.is_hashing() && !action.hash_policy.is_empty() {
+        let head = RequestHead {
+            method: method.as_str(),
+            path: &path,
+            authority: &authority,
+            scheme,
+            headers: &parts.headers,
+        };
+        let source = downstream_ip(&hcm, &parts.headers, ctx.meta.peer.ip());
+        let (peer, local) = (ctx.meta.peer, ctx.meta.destination);
+        lb_hash = route::request_hash(&action.hash_policy, &head, source, |name, cpath, ttl, attrs| {
+            let value = format!(
+                "{:016x}",
+                crate::hash::xxhash64(format!("{peer}{local}").as_bytes(), 0)
+            );
+            if let Ok(v) = HeaderValue::from_str(&route::set_cookie(name, &value, cpath, ttl, attrs)) {
+                extra.append.push((http::header::SET_COOKIE, v));
+            }
+            value
+        });
+    }
 
     // Path and host rewrites.
     let mut upstream_path = path.clone();
@@ -679,12 +1194,44 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
 
     // Timeouts and retries, with the client overrides Envoy honours from trusted clients.
     let mut timeout = action.timeout;
-    if let Some(ms) = header_timeout {
+    if let Some(ms) = controls.timeout_ms {
         timeout = (ms > 0).then(|| Duration::from_millis(ms));
     }
     let mut retry = action.retry_policy.clone().or_else(|| vh.retry_policy.clone());
-    if let (Some(n), Some(p)) = (header_retries, retry.as_mut()) {
-        p.num_retries = n;
+    if controls.retry_on.is_some() || controls.retry_grpc_on.is_some() {
+        let p = retry.get_or_insert_with(|| RetryPolicy {
+            retry_on: RetryOn::default(),
+            num_retries: 1,
+            per_try_timeout: None,
+            retriable_status_codes: Vec::new(),
+            base_interval: Duration::from_millis(25),
+            max_interval: Duration::from_millis(250),
+            previous_hosts: false,
+            host_selection_max_attempts: 1,
+        });
+        for list in [&controls.retry_on, &controls.retry_grpc_on]
+            .into_iter()
+            .flatten()
+        {
+            merge_retry_on(&mut p.retry_on, list);
+        }
+    }
+    if let Some(p) = retry.as_mut() {
+        if let Some(n) = controls.max_retries {
+            p.num_retries = n;
+        }
+        p.retriable_status_codes
+            .extend(controls.retriable_status_codes.iter().copied());
+    }
+    let mut per_try = retry.as_ref().and_then(|p| p.per_try_timeout);
+    if let Some(ms) = controls.per_try_timeout_ms {
+        per_try = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+    // A per-try timeout at least as long as the global one is no per-try timeout.
+    if let (Some(p), Some(t)) = (per_try, timeout) {
+        if p >= t {
+            per_try = None;
+        }
     }
 
     let mut levels: Vec<&HeaderMutations> = vec![&rc.headers, &vh.headers, &route.headers];
@@ -730,39 +1277,89 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
     };
     cluster.stats.upstream_rq_total.fetch_add(1, Relaxed);
 
-    // Bodies can be replayed only if there are none: retries are for body-less requests.
-    let replayable = body.is_end_stream();
-    let mut body = Some(CountingBody {
-        inner: body,
-        count: request_bytes.clone(),
-    });
     let http2 = match cluster.config.protocol {
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::UseDownstream => version == Version::HTTP_2,
     };
+    // A body is kept for replay (retries, mirrors) only when one of them may need it.
+    let body_less = body.is_end_stream();
+    let mirrors: Vec<&MirrorPolicy> = action.mirrors.iter().filter(|m| m.percent.sample()).collect();
+    let wants_copy = !body_less && (!mirrors.is_empty() || retry.as_ref().is_some_and(|p| p.num_retries > 0));
+    let tee = wants_copy.then(TeeState::new);
+    let mut body = Some(CountingBody {
+        inner: body,
+        count: request_bytes.clone(),
+        tee: tee.clone().map(TeeGuard),
+    });
+
+    // Mirrors: a copy of the request as it goes upstream, to each shadow cluster, with
+    // `-shadow` on the host; the answer is ignored and never delays the original.
+    for m in mirrors {
+        let Some(shadow_cluster) = snap.cluster(&m.cluster).cloned() else {
+            continue;
+        };
+        let shadow_authority = if m.keep_host {
+            upstream_authority.clone()
+        } else {
+            shadow_host(&upstream_authority)
+        };
+        let mut headers = parts.headers.clone();
+        if let Some(t) = timeout {
+            headers.insert(
+                X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                HeaderValue::from(t.as_millis() as u64),
+            );
+        }
+        let (w, method, upstream_path, tee) = (
+            ctx.worker.clone(),
+            method.clone(),
+            upstream_path.clone(),
+            tee.clone(),
+        );
+        let original_dst = ctx.meta.destination;
+        let host_rewrite_auto = matches!(action.host_rewrite, Some(HostRewrite::Auto));
+        tokio::task::spawn_local(async move {
+            shadow(
+                w,
+                shadow_cluster,
+                ShadowRequest {
+                    method,
+                    path: upstream_path,
+                    authority: shadow_authority,
+                    headers,
+                    original_dst,
+                    host_rewrite_auto,
+                    timeout,
+                    body: if body_less { Some(Bytes::new()) } else { None },
+                    tee,
+                },
+            )
+            .await
+        });
+    }
+
     let max_attempts = 1 + retry.as_ref().map(|p| p.num_retries).unwrap_or(0);
-    let deadline = timeout.map(|t| started + t);
+    let deadline = timeout.map(|t| router_started + t);
     let mut attempt = 0u32;
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     let mut retry_slot = None;
     loop {
         attempt += 1;
         rec.attempt_count = attempt;
-        // Prefer a host not tried yet (Istio's previous_hosts predicate).
-        let mut host = cluster.pick(LbContext {
+        let lb = LbContext {
             original_dst: Some(ctx.meta.destination),
-        });
-        for _ in 0..4 {
-            match &host {
-                Some(h) if tried.contains(&h.address) => {
-                    host = cluster.pick(LbContext {
-                        original_dst: Some(ctx.meta.destination),
-                    })
-                }
-                _ => break,
+            hash: lb_hash,
+        };
+        // Retries may avoid hosts already tried (the previous_hosts predicate Istio sets).
+        let host = match &retry {
+            Some(p) if p.previous_hosts && attempt > 1 => {
+                cluster.pick_avoiding(lb, p.host_selection_max_attempts + 1, |h| {
+                    tried.contains(&h.address)
+                })
             }
-        }
+            _ => cluster.pick(lb),
+        };
         let Some(host) = host else {
             cluster.stats.upstream_cx_none_healthy.fetch_add(1, Relaxed);
             let reply = routed_reply(LocalReply::new(
@@ -788,34 +1385,36 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         host.stats.rq_total.fetch_add(1, Relaxed);
         host.stats.rq_active.fetch_add(1, Relaxed);
 
-        let upstream_body = if attempt == 1 || !replayable {
+        let upstream_body = if attempt == 1 {
             body.take()
                 .map(|b| b.map_err(|e| Box::new(e) as upstream::BoxError).boxed_unsync())
                 .unwrap_or_else(empty_body)
         } else {
-            empty_body()
+            match tee.as_ref().and_then(|t| t.complete()) {
+                Some(b) => full_body(b),
+                None => empty_body(),
+            }
         };
         let mut headers = parts.headers.clone();
-        let per_try = retry.as_ref().and_then(|p| p.per_try_timeout);
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let limit = match (remaining, per_try) {
             (Some(r), Some(p)) => Some(r.min(p)),
             (r, p) => r.or(p),
         };
-        // The first attempt advertises the route timeout; retries advertise what is left.
-        let advertised = if attempt == 1 {
-            match (timeout, per_try) {
-                (Some(t), Some(p)) => Some(t.min(p)),
-                (t, p) => t.or(p),
+        // Envoy's `setTimeoutHeaders`: the per-try timeout (or the route timeout), capped by
+        // the route timeout minus the whole milliseconds elapsed since the router started
+        // (1 ms when none is left).
+        let elapsed_ms = router_started.elapsed().as_millis() as u64;
+        let advertised_ms = per_try.or(timeout).map(|e| {
+            let e = e.as_millis() as u64;
+            match timeout.map(|t| t.as_millis() as u64) {
+                Some(t) if elapsed_ms >= t => 1,
+                Some(t) => e.min(t - elapsed_ms),
+                None => e,
             }
-        } else {
-            limit
-        };
-        if let Some(l) = advertised {
-            headers.insert(
-                X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-                HeaderValue::from(l.as_millis() as u64),
-            );
+        });
+        if let Some(ms) = advertised_ms {
+            headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(ms));
         }
         if vh.include_request_attempt_count {
             headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
@@ -842,6 +1441,7 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
             None => {
                 cluster.stats.upstream_rq_timeout.fetch_add(1, Relaxed);
                 host.stats.rq_timeout.fetch_add(1, Relaxed);
+                cluster.report(&host, Outcome::Timeout);
                 Err((
                     ResponseFlags::UT,
                     routed_reply(LocalReply::new(
@@ -854,6 +1454,8 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
             }
             Some(Ok((resp, local))) => {
                 rec.upstream_local_address = local;
+                cluster.report(&host, Outcome::ConnectSuccess);
+                cluster.report(&host, Outcome::Http(resp.status().as_u16()));
                 Ok(resp)
             }
             Some(Err(e)) => {
@@ -871,6 +1473,9 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
                     }
                     UpstreamError::Reset(_) => (ResponseFlags::UC, "connection termination"),
                 };
+                if flag != ResponseFlags::UO {
+                    cluster.report(&host, Outcome::ConnectFailed);
+                }
                 let details = match &transport {
                     Some(t) => format!(
                         "upstream_reset_before_response_started{{{}|{t}}}",
@@ -881,9 +1486,15 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
                         reason.replace(' ', "_")
                     ),
                 };
-                let msg = format!(
-                    "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
-                );
+                let msg = if attempt > 1 {
+                    format!(
+                        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: {reason}"
+                    )
+                } else {
+                    format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+                    )
+                };
                 Err((
                     flag,
                     routed_reply(LocalReply {
@@ -899,29 +1510,32 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
 
         // Decide whether to retry this attempt.
         let retry_on = retry.as_ref().map(|p| p.retry_on).unwrap_or_default();
+        let codes: &[u16] = retry.as_ref().map_or(&[], |p| &p.retriable_status_codes);
         let retriable = match &result {
-            Ok(resp) => {
-                let s = resp.status().as_u16();
-                (retry_on.five_xx && s >= 500)
-                    || (retry_on.gateway_error && matches!(s, 502..=504))
-                    || (retry_on.retriable_4xx && s == 409)
-                    || (retry_on.retriable_status_codes
-                        && retry
-                            .as_ref()
-                            .is_some_and(|p| p.retriable_status_codes.contains(&s)))
+            Ok(resp) => retriable_response(retry_on, codes, resp),
+            Err((f, _)) if *f == ResponseFlags::UF => {
+                retry_on.connect_failure
+                    || retry_on.five_xx
+                    || retry_on.gateway_error
+                    || retry_on.reset
+                    || retry_on.reset_before_request
             }
-            Err((ResponseFlags::UF, _)) => {
-                retry_on.connect_failure || retry_on.five_xx || retry_on.gateway_error || retry_on.reset
+            Err((f, _)) if *f == ResponseFlags::UC => {
+                retry_on.reset || retry_on.five_xx || retry_on.gateway_error
             }
-            Err((ResponseFlags::UC, _)) => retry_on.reset || retry_on.five_xx || retry_on.gateway_error,
-            Err((ResponseFlags::UT, _)) => {
+            Err((f, _)) if *f == ResponseFlags::UT => {
                 per_try_timed_out && (retry_on.five_xx || retry_on.gateway_error || retry_on.reset)
             }
             Err(_) => false,
         };
+        // A retry needs the request again: no body, or a body read whole into the copy.
+        let replayable = body_less || tee.as_ref().is_some_and(|t| t.is_complete());
         let can_retry = retriable
             && attempt < max_attempts
-            && (replayable || attempt == 1 && matches!(&result, Err((ResponseFlags::UF, _))))
+            && (replayable
+                || attempt == 1
+                    && matches!(&result, Err((f, _)) if *f == ResponseFlags::UF)
+                    && body.is_some())
             && deadline.is_none_or(|d| Instant::now() < d);
         if can_retry
             && (retry_slot.is_some() || {
@@ -989,6 +1603,7 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
                     host: Some(host),
                     _request_slot: Some(request_slot),
                     grpc,
+                    upstream_stats: true,
                 });
                 return Response::from_parts(
                     rparts,
@@ -1021,6 +1636,104 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
     }
 }
 
+/// Envoy's shadow host: `-shadow` appended to the host, before any port.
+fn shadow_host(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((h, p))
+            if !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            format!("{h}-shadow:{p}")
+        }
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+/// A mirrored request, built from the original as it went upstream.
+struct ShadowRequest {
+    method: Method,
+    path: String,
+    authority: String,
+    headers: HeaderMap,
+    original_dst: std::net::SocketAddr,
+    host_rewrite_auto: bool,
+    timeout: Option<Duration>,
+    /// The body when known up front (body-less requests).
+    body: Option<Bytes>,
+    /// Otherwise the copy of the original's body, sent once read whole (≤ 1 MiB).
+    tee: Option<Arc<TeeState>>,
+}
+
+/// Sends one mirror copy and discards the answer (Envoy's shadow: fire and forget).
+async fn shadow(worker: Rc<Worker>, cluster: Arc<ClusterState>, r: ShadowRequest) {
+    let body = match (r.body, r.tee) {
+        (Some(b), _) => b,
+        (None, Some(t)) => match t.wait().await {
+            Some(b) => b,
+            None => return,
+        },
+        (None, None) => return,
+    };
+    let Some(host) = cluster.pick(LbContext {
+        original_dst: Some(r.original_dst),
+        hash: None,
+    }) else {
+        cluster.stats.upstream_cx_none_healthy.fetch_add(1, Relaxed);
+        return;
+    };
+    let Some(_slot) = cluster.try_acquire(SlotKind::Request) else {
+        return;
+    };
+    cluster.stats.upstream_rq_total.fetch_add(1, Relaxed);
+    host.stats.rq_total.fetch_add(1, Relaxed);
+    let http2 = cluster.config.protocol == UpstreamProtocol::Http2;
+    let authority = if r.host_rewrite_auto {
+        host.address.to_string()
+    } else {
+        r.authority
+    };
+    let uri = if http2 {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority.as_str())
+            .path_and_query(r.path.as_str())
+            .build()
+    } else {
+        Uri::builder().path_and_query(r.path.as_str()).build()
+    };
+    let mut headers = r.headers;
+    if http2 {
+        headers.remove(HOST);
+    } else {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            headers.insert(HOST, v);
+        }
+        explicit_empty_length(&r.method, &mut headers, body.is_empty());
+    }
+    let mut req = Request::new(full_body(body));
+    *req.method_mut() = r.method;
+    *req.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
+    *req.version_mut() = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    *req.headers_mut() = headers;
+    let send = worker.pools.send(&cluster, &host, http2, req);
+    let result = match r.timeout {
+        Some(t) => tokio::time::timeout(t, send).await.ok(),
+        None => Some(send.await),
+    };
+    match result {
+        Some(Ok((resp, _))) => {
+            cluster.stats.count_status(resp.status().as_u16());
+            // Read the answer to the end so the connection can be reused, then drop it.
+            let _ = resp.into_body().collect().await;
+        }
+        Some(Err(_)) => {}
+        None => {
+            cluster.stats.upstream_rq_timeout.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build_upstream_request(
     method: &Method,
@@ -1048,6 +1761,7 @@ fn build_upstream_request(
         if let Ok(v) = HeaderValue::from_str(&authority) {
             headers.insert(HOST, v);
         }
+        explicit_empty_length(method, &mut headers, body.is_end_stream());
         Uri::builder().path_and_query(path).build()
     };
     let mut req = Request::new(body);
@@ -1056,6 +1770,22 @@ fn build_upstream_request(
     *req.version_mut() = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
     *req.headers_mut() = headers;
     req
+}
+
+/// Envoy's HTTP/1 codec sends an explicit `content-length: 0` with a body-less request whose
+/// method may carry a body (not GET, HEAD, DELETE, TRACE, CONNECT; OPTIONS and POST get it,
+/// as proxy_diff.rs checks).
+fn explicit_empty_length(method: &Method, headers: &mut HeaderMap, body_less: bool) {
+    if body_less
+        && !matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::TRACE | Method::CONNECT
+        )
+        && !headers.contains_key(CONTENT_LENGTH)
+        && !headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
 }
 
 fn server_header(hcm: &HttpConnectionManager, headers: &mut HeaderMap) {
@@ -1141,6 +1871,46 @@ fn local_reply(
 #[allow(clippy::too_many_arguments)]
 fn local_reply_with(
     ctx: &Rc<ConnCtx>,
+    rec: LogRecord,
+    started: Instant,
+    request_bytes: Arc<AtomicU64>,
+    reply: LocalReply,
+    body: Option<Incoming>,
+    cluster: Option<Arc<ClusterState>>,
+    slot: Option<crate::cluster::Slot>,
+) -> Response<ResBody> {
+    local_reply_full(ctx, rec, started, request_bytes, reply, body, cluster, slot, true)
+}
+
+/// A local reply from a filter before the router (fault abort, CORS preflight): the route's
+/// cluster labels the metrics, but the cluster's upstream counters do not move.
+#[allow(clippy::too_many_arguments)]
+fn local_reply_at(
+    ctx: &Rc<ConnCtx>,
+    rec: LogRecord,
+    started: Instant,
+    request_bytes: Arc<AtomicU64>,
+    reply: LocalReply,
+    body: Incoming,
+    cluster: Option<Arc<ClusterState>>,
+    upstream_stats: bool,
+) -> Response<ResBody> {
+    local_reply_full(
+        ctx,
+        rec,
+        started,
+        request_bytes,
+        reply,
+        Some(body),
+        cluster,
+        None,
+        upstream_stats,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn local_reply_full(
+    ctx: &Rc<ConnCtx>,
     mut rec: LogRecord,
     started: Instant,
     request_bytes: Arc<AtomicU64>,
@@ -1148,6 +1918,7 @@ fn local_reply_with(
     body: Option<Incoming>,
     cluster: Option<Arc<ClusterState>>,
     slot: Option<crate::cluster::Slot>,
+    upstream_stats: bool,
 ) -> Response<ResBody> {
     // The request body is not read; hyper discards it (HTTP/1 closes if it was large).
     drop(body);
@@ -1174,6 +1945,7 @@ fn local_reply_with(
             host: None,
             _request_slot: slot,
             grpc: false,
+            upstream_stats,
         })),
     });
     *resp.status_mut() = reply.status;

@@ -31,6 +31,8 @@ pub struct ConnMeta {
     pub destination: SocketAddr,
     pub peer: SocketAddr,
     pub server_name: Option<String>,
+    /// TLS was terminated on this connection (downstream `https`).
+    pub tls: bool,
 }
 
 static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
@@ -187,6 +189,7 @@ async fn handle(worker: Rc<Worker>, name: String, stream: TcpStream, peer: Socke
         destination,
         peer,
         server_name,
+        tls: false,
     };
     match &chain.filter {
         NetworkFilter::Tcp(tp) => crate::tcp::proxy(tp.clone(), snap.clone(), stream, meta).await,

@@ -70,6 +70,36 @@ pub struct FilterChain {
     pub name: String,
     pub matcher: ChainMatch,
     pub filter: NetworkFilter,
+    /// `transport_socket: envoy.transport_sockets.tls`: terminate TLS before the filter.
+    pub tls: Option<Arc<DownstreamTls>>,
+}
+
+/// A `DownstreamTlsContext`, validated; certificates may still be SDS names to resolve.
+#[derive(Debug)]
+pub struct DownstreamTls {
+    pub certificates: Vec<CertSource>,
+    /// CA bundle to verify client certificates against (inline or SDS).
+    pub validation: Option<CertSource>,
+    pub require_client_certificate: bool,
+    /// ALPN offered, in preference order (Istio gateways: `h2`, `http/1.1`).
+    pub alpn: Vec<String>,
+}
+
+/// Where a certificate (or CA bundle) comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertSource {
+    /// PEM material from the configuration itself.
+    Inline(Arc<TlsMaterial>),
+    /// An SDS secret name (`kubernetes://credentialName`), delivered over ADS.
+    Sds(String),
+}
+
+/// PEM bytes of a certificate chain and key, or of a CA bundle (then `key` is empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsMaterial {
+    pub certificate_chain: Bytes,
+    pub private_key: Bytes,
+    pub trusted_ca: Bytes,
 }
 
 /// `filter_chain_match`, checked in Envoy's order by [`crate::filter_chain::select`].
@@ -125,6 +155,8 @@ pub struct TcpProxy {
     /// Close both sides after this long without bytes either way (Envoy's default: 1 h).
     pub idle_timeout: Option<Duration>,
     pub access_logs: Vec<AccessLogSink>,
+    /// `hash_policy: [{ source_ip: {} }]`: hash the client address (RING_HASH / MAGLEV).
+    pub hash_source_ip: bool,
 }
 
 /// How the `server` response header is treated.
@@ -179,6 +211,108 @@ pub struct HttpConnectionManager {
     /// default trusts nobody; Istio-style configs list the pod networks.
     pub internal_addresses: Vec<IpNet>,
     pub access_logs: Vec<AccessLogSink>,
+    /// HTTP filters before the router that Skiff executes (fault, CORS), in configured order.
+    /// Empty for most sidecar listeners of a mesh without VirtualService faults/CORS: the
+    /// request path then never looks at per-filter configuration.
+    pub http_filters: Vec<HttpFilter>,
+}
+
+/// An HTTP filter Skiff runs before the router. `name` is the filter's configured name, the
+/// key that `typed_per_filter_config` overrides use.
+#[derive(Debug)]
+pub enum HttpFilter {
+    /// `envoy.filters.http.fault` with its filter-level settings.
+    Fault {
+        name: String,
+        config: Arc<Fault>,
+        stats: Arc<FaultStats>,
+    },
+    /// `envoy.filters.http.cors`: policies come from the route / virtual host.
+    Cors { name: String },
+}
+
+/// A `typed_per_filter_config` entry Skiff understands.
+#[derive(Debug, Clone)]
+pub enum FilterOverride {
+    Fault(Arc<Fault>),
+    Cors(Arc<CorsPolicy>),
+    /// `FilterConfig { disabled: true }`: the filter does not run for this route.
+    Disabled,
+}
+
+/// Per-filter overrides at one level (route configuration, virtual host, route), by filter name.
+pub type PerFilter = Vec<(String, FilterOverride)>;
+
+/// `envoy.extensions.filters.http.fault.v3.HTTPFault`.
+#[derive(Debug, Default)]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+    /// Inject only for requests routed to this cluster.
+    pub upstream_cluster: Option<String>,
+    /// Inject only when these request headers match.
+    pub headers: Vec<HeaderMatcher>,
+    /// Inject only for these `x-envoy-downstream-service-node` values.
+    pub downstream_nodes: Vec<String>,
+    /// At most this many requests with an active fault at once (`max_active_faults`).
+    pub max_active_faults: Option<u64>,
+}
+
+/// `http.<stat_prefix>.fault.*`: shared by every request through one fault filter.
+#[derive(Debug, Default)]
+pub struct FaultStats {
+    pub active_faults: std::sync::atomic::AtomicU64,
+    pub delays_injected: std::sync::atomic::AtomicU64,
+    pub aborts_injected: std::sync::atomic::AtomicU64,
+    pub faults_overflow: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultDelay {
+    pub duration: Duration,
+    pub percent: Percent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultAbort {
+    pub status: AbortStatus,
+    pub percent: Percent,
+}
+
+/// What an injected abort answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortStatus {
+    Http(u16),
+    /// A gRPC status: HTTP 200 with `grpc-status` (trailers-only) for gRPC requests.
+    Grpc(u32),
+}
+
+/// A route's or virtual host's CORS policy (`config.route.v3.CorsPolicy`).
+#[derive(Debug)]
+pub struct CorsPolicy {
+    pub allow_origins: Vec<StringMatcher>,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    pub max_age: String,
+    pub allow_credentials: Option<bool>,
+    pub allow_private_network_access: Option<bool>,
+    pub forward_not_matching_preflights: Option<bool>,
+    /// `filter_enabled` (default 100%).
+    pub enabled: Percent,
+    /// `shadow_enabled` (default off): evaluate, count, but change nothing.
+    pub shadow: Option<Percent>,
+}
+
+/// `require_tls` of a virtual host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RequireTls {
+    #[default]
+    None,
+    /// Redirect only requests from external clients.
+    ExternalOnly,
+    /// Redirect every plaintext request to https (Istio's `httpsRedirect`).
+    All,
 }
 
 /// A fraction in millionths, Envoy's `FractionalPercent` normalised.
@@ -190,7 +324,7 @@ impl Percent {
 
     /// Draws whether this percentage applies to one request.
     pub fn sample(self) -> bool {
-        self.0 >= 1_000_000 || fastrand::u32(0..1_000_000) < self.0
+        self.0 >= 1_000_000 || (self.0 > 0 && fastrand::u32(0..1_000_000) < self.0)
     }
 }
 
@@ -242,6 +376,7 @@ pub struct RouteConfig {
     /// Reject the configuration if a route names an unknown cluster (Envoy's default for
     /// inline route configs; RDS defaults to not checking).
     pub validate_clusters: bool,
+    pub per_filter: PerFilter,
 }
 
 impl RouteConfig {
@@ -275,6 +410,10 @@ pub struct VirtualHost {
     pub headers: HeaderMutations,
     pub include_request_attempt_count: bool,
     pub retry_policy: Option<RetryPolicy>,
+    pub require_tls: RequireTls,
+    /// The deprecated `cors` field (used when no per-filter CORS policy is configured).
+    pub cors: Option<Arc<CorsPolicy>>,
+    pub per_filter: PerFilter,
 }
 
 #[derive(Debug)]
@@ -285,6 +424,7 @@ pub struct Route {
     pub headers: HeaderMutations,
     /// `decorator.operation` (Istio puts `FQDN:PORT/*` here).
     pub decorator: Option<String>,
+    pub per_filter: PerFilter,
 }
 
 #[derive(Debug)]
@@ -350,7 +490,7 @@ pub struct QueryMatcher {
 
 #[derive(Debug)]
 pub enum Action {
-    Forward(RouteAction),
+    Forward(Box<RouteAction>),
     Redirect(Redirect),
     Direct { status: u16, body: Option<Bytes> },
 }
@@ -385,6 +525,48 @@ pub struct RouteAction {
     pub timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub retry_policy: Option<RetryPolicy>,
+    /// `request_mirror_policies`: fire-and-forget copies to other clusters.
+    pub mirrors: Vec<MirrorPolicy>,
+    /// `hash_policy`: the request hash for RING_HASH / MAGLEV clusters.
+    pub hash_policy: Vec<HashPolicy>,
+    /// The deprecated `cors` field (used when no per-filter CORS policy is configured).
+    pub cors: Option<Arc<CorsPolicy>>,
+}
+
+/// One `request_mirror_policies` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorPolicy {
+    pub cluster: String,
+    /// `runtime_fraction.default_value` (100% when unset).
+    pub percent: Percent,
+    /// Keep the Host as is instead of appending `-shadow`.
+    pub keep_host: bool,
+}
+
+/// One `hash_policy` entry.
+#[derive(Debug)]
+pub struct HashPolicy {
+    pub kind: HashKind,
+    /// Stop at this policy if it produced a hash.
+    pub terminal: bool,
+}
+
+#[derive(Debug)]
+pub enum HashKind {
+    /// A header (lowercase; `:authority`, `:path`, `:method` allowed).
+    Header {
+        name: String,
+        rewrite: Option<(Regex, String)>,
+    },
+    /// Hash a cookie; with a `ttl`, generate the cookie when the request has none.
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: String,
+        attributes: Vec<(String, String)>,
+    },
+    SourceIp,
+    QueryParameter(String),
 }
 
 /// When and how often to retry (Envoy's `RetryPolicy`, the conditions Skiff implements).
@@ -396,6 +578,11 @@ pub struct RetryPolicy {
     pub retriable_status_codes: Vec<u16>,
     pub base_interval: Duration,
     pub max_interval: Duration,
+    /// `retry_host_predicate: envoy.retry_host_predicates.previous_hosts`: retries avoid hosts
+    /// already tried.
+    pub previous_hosts: bool,
+    /// `host_selection_retry_max_attempts` (Envoy's default: 1 extra selection).
+    pub host_selection_max_attempts: u32,
 }
 
 /// `retry_on` conditions as flags.
@@ -404,6 +591,7 @@ pub struct RetryOn {
     pub five_xx: bool,
     pub gateway_error: bool,
     pub reset: bool,
+    pub reset_before_request: bool,
     pub connect_failure: bool,
     pub retriable_4xx: bool,
     pub refused_stream: bool,
@@ -457,6 +645,86 @@ pub enum LbPolicy {
     Random,
     /// The cluster picks (ORIGINAL_DST).
     ClusterProvided,
+    /// Ketama ring of xxHash64(`address_i`) points (Envoy's RING_HASH).
+    RingHash {
+        min_ring_size: u64,
+        max_ring_size: u64,
+    },
+    /// Maglev lookup table of a prime size (Envoy's MAGLEV).
+    Maglev {
+        table_size: u64,
+    },
+}
+
+impl LbPolicy {
+    /// Whether the policy consumes the request hash (then `hash_policy` is evaluated).
+    pub fn is_hashing(self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
+}
+
+/// `outlier_detection`, with Envoy's defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierDetection {
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub always_eject_one_host: bool,
+    pub consecutive_5xx: u32,
+    pub enforcing_consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub enforcing_consecutive_gateway_failure: u32,
+    pub split_external_local_origin_errors: bool,
+    pub consecutive_local_origin_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
+    pub success_rate_minimum_hosts: u32,
+    pub success_rate_request_volume: u32,
+    pub success_rate_stdev_factor: u32,
+    pub enforcing_success_rate: u32,
+    pub failure_percentage_threshold: u32,
+    pub failure_percentage_minimum_hosts: u32,
+    pub failure_percentage_request_volume: u32,
+    pub enforcing_failure_percentage: u32,
+}
+
+/// `dns_lookup_family`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DnsLookupFamily {
+    /// IPv6 if the name has any, else IPv4.
+    #[default]
+    Auto,
+    V4Only,
+    V6Only,
+    /// IPv4 if the name has any, else IPv6.
+    V4Preferred,
+    /// Both families.
+    All,
+}
+
+/// How a STRICT_DNS / LOGICAL_DNS cluster resolves its hostnames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub refresh_rate: Duration,
+    /// `dns_failure_refresh_rate.base_interval` (defaults to `refresh_rate`).
+    pub failure_refresh_rate: Duration,
+    pub respect_ttl: bool,
+    pub lookup_family: DnsLookupFamily,
+    /// Name servers from `typed_dns_resolver_config` / `dns_resolvers`; empty: the system's
+    /// (`/etc/resolv.conf`, so the pod's DNS in a pod).
+    pub resolvers: Vec<SocketAddr>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            refresh_rate: Duration::from_secs(5),
+            failure_refresh_rate: Duration::from_secs(5),
+            respect_ttl: false,
+            lookup_family: DnsLookupFamily::Auto,
+            resolvers: Vec::new(),
+        }
+    }
 }
 
 /// Upstream HTTP protocol.
@@ -519,7 +787,10 @@ pub struct Cluster {
     pub max_requests_per_connection: Option<u32>,
     /// Close idle upstream connections after this long (Envoy's default: 1 h).
     pub idle_timeout: Option<Duration>,
-    pub dns_refresh: Duration,
+    pub dns: DnsConfig,
+    /// `common_lb_config.healthy_panic_threshold` in percent (Envoy's default 50; 0 disables).
+    pub healthy_panic_threshold: u32,
+    pub outlier_detection: Option<OutlierDetection>,
     /// `istio` service metadata (`services[0].host`), for `destination_service` labels.
     pub service: Option<String>,
 }

@@ -103,7 +103,7 @@ pub fn find_route<'v>(vh: &'v VirtualHost, req: &RequestHead<'_>) -> Option<&'v 
     vh.routes.iter().find(|r| route_matches(&r.matcher, req))
 }
 
-fn string_matches(m: &StringMatcher, value: &str) -> bool {
+pub(crate) fn string_matches(m: &StringMatcher, value: &str) -> bool {
     let owned;
     let v = if m.ignore_case {
         owned = value.to_lowercase();
@@ -120,7 +120,7 @@ fn string_matches(m: &StringMatcher, value: &str) -> bool {
     }
 }
 
-fn header_matches(h: &HeaderMatcher, req: &RequestHead<'_>) -> bool {
+pub(crate) fn header_matches(h: &HeaderMatcher, req: &RequestHead<'_>) -> bool {
     let raw = req.header(&h.name);
     if let HeaderMatch::Present(want) = h.kind {
         return (raw.is_some() == want) != h.invert;
@@ -199,6 +199,126 @@ pub fn pick_weighted(
     clusters.last()
 }
 
+/// The value of cookie `name` in the request's `cookie` headers (quotes removed), as Envoy's
+/// `parseCookieValue` reads it.
+pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim_start_matches(' ').split_once('=')?;
+            (k == name).then(|| {
+                if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
+                    &v[1..v.len() - 1]
+                } else {
+                    v
+                }
+            })
+        })
+}
+
+/// The request hash for RING_HASH / MAGLEV, as Envoy's `HashPolicyImpl::generateHash`:
+/// each policy that yields a value is folded in (`rotl(hash, 1) ^ new`), a terminal policy
+/// that yielded stops the walk. `source_ip` is the downstream address Envoy hashes;
+/// `add_cookie(name, path, ttl, attributes)` generates a cookie value when a cookie policy
+/// with a `ttl` finds none (Envoy then hashes the generated value).
+pub fn request_hash(
+    policies: &[HashPolicy],
+    req: &RequestHead<'_>,
+    source_ip: std::net::IpAddr,
+    mut add_cookie: impl FnMut(&str, &str, std::time::Duration, &[(String, String)]) -> String,
+) -> Option<u64> {
+    use crate::hash::{xxhash64, xxhash64_values};
+    let mut hash: Option<u64> = None;
+    for p in policies {
+        let new = match &p.kind {
+            HashKind::Header { name, rewrite } => {
+                let values: Vec<String> = match name.as_str() {
+                    ":authority" | "host" => vec![req.authority.to_owned()],
+                    ":path" => vec![req.path.to_owned()],
+                    ":method" => vec![req.method.to_owned()],
+                    _ => req
+                        .headers
+                        .get_all(name)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect(),
+                };
+                if values.is_empty() {
+                    None
+                } else {
+                    let values: Vec<String> = match rewrite {
+                        Some((re, sub)) => values
+                            .iter()
+                            .map(|v| re.replace_all(v, sub.as_str()).into_owned())
+                            .collect(),
+                        None => values,
+                    };
+                    let mut refs: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+                    Some(xxhash64_values(&mut refs))
+                }
+            }
+            HashKind::Cookie {
+                name,
+                ttl,
+                path,
+                attributes,
+            } => match (cookie_value(req.headers, name), ttl) {
+                (Some(v), _) if !v.is_empty() => Some(xxhash64(v.as_bytes(), 0)),
+                (_, Some(ttl)) => Some(xxhash64(add_cookie(name, path, *ttl, attributes).as_bytes(), 0)),
+                _ => None,
+            },
+            HashKind::SourceIp => Some(xxhash64(source_ip.to_string().as_bytes(), 0)),
+            HashKind::QueryParameter(name) => req
+                .path
+                .split_once('?')
+                .and_then(|(_, q)| {
+                    q.split('&').find_map(|pair| {
+                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                        (k == name).then_some(v)
+                    })
+                })
+                .map(|v| xxhash64(v.as_bytes(), 0)),
+        };
+        if let Some(n) = new {
+            hash = Some(hash.map_or(n, |h| h.rotate_left(1) ^ n));
+        }
+        if p.terminal && hash.is_some() {
+            break;
+        }
+    }
+    hash
+}
+
+/// `Set-Cookie` for a generated hash cookie, as Envoy's `makeSetCookieValue` writes it.
+pub fn set_cookie(
+    name: &str,
+    value: &str,
+    path: &str,
+    ttl: std::time::Duration,
+    attributes: &[(String, String)],
+) -> String {
+    let mut c = format!("{name}=\"{value}\"");
+    if ttl.as_secs() > 0 {
+        c.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    if !path.is_empty() {
+        c.push_str("; Path=");
+        c.push_str(path);
+    }
+    for (k, v) in attributes {
+        if v.is_empty() {
+            c.push_str(&format!("; {k}"));
+        } else {
+            c.push_str(&format!("; {k}={v}"));
+        }
+    }
+    c.push_str("; HttpOnly");
+    c
+}
+
 /// Applies `prefix_rewrite` / `regex_rewrite` to a path, keeping the query string.
 pub fn rewrite_path(action: &RouteAction, matched: &PathMatch, path: &str) -> Option<String> {
     let (p, query) = match path.split_once('?') {
@@ -240,6 +360,9 @@ mod tests {
             headers: HeaderMutations::default(),
             include_request_attempt_count: false,
             retry_policy: None,
+            require_tls: RequireTls::None,
+            cors: None,
+            per_filter: Vec::new(),
         }
     }
 
@@ -252,6 +375,7 @@ mod tests {
             ignore_port_in_host_matching: ignore_port,
             max_direct_response_body_size: 4096,
             validate_clusters: false,
+            per_filter: Vec::new(),
         }
     }
 
@@ -271,6 +395,7 @@ mod tests {
             },
             headers: HeaderMutations::default(),
             decorator: None,
+            per_filter: Vec::new(),
         }
     }
 
@@ -393,6 +518,9 @@ mod tests {
             timeout: Some(Duration::from_secs(15)),
             idle_timeout: None,
             retry_policy: None,
+            mirrors: Vec::new(),
+            hash_policy: Vec::new(),
+            cors: None,
         };
         let m = PathMatch::Prefix("/nginx".into());
         assert_eq!(rewrite_path(&action, &m, "/nginx").as_deref(), Some("/"));

@@ -491,6 +491,36 @@ pub fn prometheus_text(snap: &Snapshot) -> String {
             );
         }
     }
+    let with_detector: Vec<&&String> = names
+        .iter()
+        .filter(|n| snap.clusters[**n].has_outlier_detection())
+        .collect();
+    if !with_detector.is_empty() {
+        let per: Vec<(&String, Vec<(&'static str, u64)>)> = with_detector
+            .iter()
+            .map(|n| {
+                let c = &snap.clusters[**n];
+                c.tick();
+                (**n, outlier_stats(c))
+            })
+            .collect();
+        for (i, (stat, _)) in per[0].1.iter().enumerate() {
+            let kind = if *stat == "ejections_active" {
+                "gauge"
+            } else {
+                "counter"
+            };
+            let _ = writeln!(out, "# TYPE envoy_cluster_outlier_detection_{stat} {kind}");
+            for (n, values) in &per {
+                let _ = writeln!(
+                    out,
+                    "envoy_cluster_outlier_detection_{stat}{{envoy_cluster_name=\"{}\"}} {}",
+                    escape(n),
+                    values[i].1
+                );
+            }
+        }
+    }
     for (stat, get) in [
         (
             "upstream_cx_active",
@@ -576,6 +606,12 @@ pub fn envoy_stats_text(snap: &Snapshot, filter: Option<&regex::Regex>) -> Strin
         ] {
             lines.push(format!("cluster.{name}.{stat}: {v}"));
         }
+        if c.has_outlier_detection() {
+            c.tick();
+            for (stat, v) in outlier_stats(c) {
+                lines.push(format!("cluster.{name}.outlier_detection.{stat}: {v}"));
+            }
+        }
     }
     for (stat, v) in server_stats() {
         lines.push(format!("{stat}: {v}"));
@@ -585,6 +621,67 @@ pub fn envoy_stats_text(snap: &Snapshot, filter: Option<&regex::Regex>) -> Strin
     let mut out = lines.join("\n");
     out.push('\n');
     out
+}
+
+/// `outlier_detection.*` of a cluster with a detector (Envoy creates them with it).
+pub fn outlier_stats(c: &ClusterState) -> Vec<(&'static str, u64)> {
+    let s = &c.stats;
+    vec![
+        ("ejections_active", c.ejections_active() as u64),
+        (
+            "ejections_enforced_total",
+            s.ejections_enforced_total.load(Relaxed),
+        ),
+        ("ejections_overflow", s.ejections_overflow.load(Relaxed)),
+        ("ejections_total", s.ejections_total.load(Relaxed)),
+        (
+            "ejections_consecutive_5xx",
+            s.ejections_consecutive_5xx.load(Relaxed),
+        ),
+        ("ejections_success_rate", s.ejections_success_rate.load(Relaxed)),
+        (
+            "ejections_enforced_consecutive_5xx",
+            s.ejections_enforced_consecutive_5xx.load(Relaxed),
+        ),
+        (
+            "ejections_detected_consecutive_5xx",
+            s.ejections_detected_consecutive_5xx.load(Relaxed),
+        ),
+        (
+            "ejections_enforced_consecutive_gateway_failure",
+            s.ejections_enforced_consecutive_gateway_failure.load(Relaxed),
+        ),
+        (
+            "ejections_detected_consecutive_gateway_failure",
+            s.ejections_detected_consecutive_gateway_failure.load(Relaxed),
+        ),
+        (
+            "ejections_enforced_consecutive_local_origin_failure",
+            s.ejections_enforced_consecutive_local_origin_failure
+                .load(Relaxed),
+        ),
+        (
+            "ejections_detected_consecutive_local_origin_failure",
+            s.ejections_detected_consecutive_local_origin_failure
+                .load(Relaxed),
+        ),
+        (
+            "ejections_enforced_success_rate",
+            s.ejections_enforced_success_rate.load(Relaxed),
+        ),
+        (
+            "ejections_detected_success_rate",
+            s.ejections_detected_success_rate.load(Relaxed),
+        ),
+        (
+            "ejections_enforced_failure_percentage",
+            s.ejections_enforced_failure_percentage.load(Relaxed),
+        ),
+        (
+            "ejections_detected_failure_percentage",
+            s.ejections_detected_failure_percentage.load(Relaxed),
+        ),
+    ]
 }
 
 /// `server.*` and `listener_manager.*` values, as Istio's readiness check reads them.

@@ -99,8 +99,12 @@ pub async fn proxy(tp: Arc<TcpProxy>, snap: Arc<Snapshot>, down: TcpStream, meta
     let Some(cluster) = snap.cluster(name).cloned() else {
         return finish(rec, Some(ResponseFlags::NC));
     };
+    let hash = tp
+        .hash_source_ip
+        .then(|| crate::hash::xxhash64(meta.peer.ip().to_string().as_bytes(), 0));
     let Some(host) = cluster.pick(LbContext {
         original_dst: Some(meta.destination),
+        hash,
     }) else {
         cluster.stats.upstream_cx_none_healthy.fetch_add(1, Relaxed);
         return finish(rec, Some(ResponseFlags::UH));

@@ -151,12 +151,16 @@ proptest! {
                 headers: HeaderMutations::default(),
                 include_request_attempt_count: false,
                 retry_policy: None,
+                require_tls: RequireTls::None,
+                cors: None,
+                per_filter: Vec::new(),
             }],
             headers: HeaderMutations::default(),
             most_specific_header_mutations_wins: false,
             ignore_port_in_host_matching: true,
             max_direct_response_body_size: 4096,
             validate_clusters: false,
+            per_filter: Vec::new(),
         };
         prop_assert!(proxy::route::find_virtual_host(&rc, &host).is_some());
         let headers = http::HeaderMap::new();
@@ -169,6 +173,76 @@ proptest! {
         };
         let head = proxy::route::RequestHead { method: "GET", path: &path, authority: &host, scheme: "http", headers: &headers };
         let _ = proxy::route::route_matches(&m, &head);
+    }
+
+    /// Request hashing reads headers, cookies, query strings and addresses a client controls.
+    #[test]
+    fn request_hashing_never_panics_and_is_deterministic(
+        cookie in "[ -~]{0,80}",
+        user in "[ -~]{0,30}",
+        path in "/[ -~]{0,60}",
+        ip in any::<[u8; 4]>(),
+    ) {
+        use proxy::model::*;
+        use std::time::Duration;
+        let policies = vec![
+            HashPolicy { kind: HashKind::Header { name: "x-user".into(), rewrite: None }, terminal: false },
+            HashPolicy { kind: HashKind::Cookie { name: "s".into(), ttl: Some(Duration::from_secs(5)), path: "/".into(), attributes: vec![] }, terminal: false },
+            HashPolicy { kind: HashKind::QueryParameter("u".into()), terminal: false },
+            HashPolicy { kind: HashKind::SourceIp, terminal: true },
+        ];
+        let mut headers = http::HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_str(&cookie) {
+            headers.insert(http::header::COOKIE, v);
+        }
+        if let Ok(v) = http::HeaderValue::from_str(&user) {
+            headers.insert("x-user", v);
+        }
+        let head = proxy::route::RequestHead { method: "GET", path: &path, authority: "h", scheme: "http", headers: &headers };
+        let source = std::net::IpAddr::from(ip);
+        let a = proxy::route::request_hash(&policies, &head, source, |_, _, _, _| "generated".into());
+        let b = proxy::route::request_hash(&policies, &head, source, |_, _, _, _| "generated".into());
+        prop_assert!(a.is_some());
+        prop_assert_eq!(a, b);
+        let _ = proxy::route::cookie_value(&headers, "s");
+    }
+
+    /// CORS decisions over arbitrary origins and preflight headers.
+    #[test]
+    fn cors_decisions_never_panic(origin in "[ -~]{0,40}", method in "(GET|POST|OPTIONS|PATCH)", req_method in "[ -~]{0,10}", req_headers in "[ -~]{0,30}") {
+        use proxy::model::*;
+        let p = CorsPolicy {
+            allow_origins: vec![StringMatcher { kind: StringMatch::Prefix("https://".into()), ignore_case: true }],
+            allow_methods: "*".into(),
+            allow_headers: "*".into(),
+            expose_headers: "x-e".into(),
+            max_age: "60".into(),
+            allow_credentials: Some(true),
+            allow_private_network_access: Some(true),
+            forward_not_matching_preflights: Some(false),
+            enabled: Percent::ALL,
+            shadow: None,
+        };
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in [("origin", &origin), ("access-control-request-method", &req_method), ("access-control-request-headers", &req_headers)] {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                headers.insert(k, v);
+            }
+        }
+        let m: http::Method = method.parse().unwrap();
+        let _ = proxy::cors::decide(&[&p], &m, &headers);
+    }
+
+    /// PEM material from configuration or SDS: any bytes are rejected or accepted, never a panic.
+    #[test]
+    fn tls_material_parsing_never_panics(chain in prop::collection::vec(any::<u8>(), 0..400), key in "(-----BEGIN [A-Z ]{0,20}-----\n)?[A-Za-z0-9+/=\n]{0,200}(-----END [A-Z ]{0,20}-----\n)?") {
+        let m = proxy::model::TlsMaterial {
+            certificate_chain: chain.clone().into(),
+            private_key: key.clone().into_bytes().into(),
+            trusted_ca: chain.into(),
+        };
+        let _ = proxy::convert::tls::certified_key(&m);
+        let _ = proxy::convert::tls::roots(&m.trusted_ca);
     }
 }
 
