@@ -34,6 +34,8 @@ pub enum Command {
     Local(crate::local_cmd::Local),
     /// Run the seed's sidecar walkthrough on this machine and show one request's path hop by hop.
     Demo(crate::local_cmd::Demo),
+    /// Analyze Istio configuration in manifests and print validation messages (as `istioctl analyze`).
+    Analyze(crate::analyze_cmd::Analyze),
 }
 
 #[derive(Args, Debug)]

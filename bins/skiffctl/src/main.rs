@@ -1,6 +1,7 @@
 //! `skiffctl`: the operator's tool (istioctl's counterpart).
 
 mod admin;
+mod analyze_cmd;
 mod cli;
 mod local_cmd;
 mod proxy_cmd;
@@ -40,6 +41,15 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }
         cli::Command::Local(l) => {
             let code = local_cmd::run(l)?;
+            if code != 0 {
+                std::process::exit(i32::from(code));
+            }
+            Ok(())
+        }
+        cli::Command::Analyze(a) => {
+            let (report, summary, code) = analyze_cmd::analyze(&a)?;
+            write_output(None, &report)?;
+            eprintln!("{summary}");
             if code != 0 {
                 std::process::exit(i32::from(code));
             }

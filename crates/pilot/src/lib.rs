@@ -5,6 +5,7 @@
 //! `gen` (pure: snapshot + [`proxy::Proxy`] → listeners, routes, clusters, endpoints) →
 //! [`discovery::Discovery`] (the `xds::server::Generator`) → `xds::server::AdsServer`.
 
+pub mod analyze;
 pub mod app;
 pub mod discovery;
 pub mod gen;

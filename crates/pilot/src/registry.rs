@@ -148,6 +148,14 @@ impl Store {
     /// Rebuilds the snapshot from the current objects and returns it.
     pub fn rebuild(&mut self) -> Arc<Snapshot> {
         let mut snap = Snapshot::build(self.objects.values().map(|o| &**o));
+        // What `istioctl analyze` would say about the applied Istio resources (reported, not
+        // enforced, as in Istio).
+        let findings: Vec<String> = crate::analyze::analyze_snapshot(&snap)
+            .iter()
+            .filter(|m| m.level != api::Level::Info)
+            .map(|m| m.to_string())
+            .collect();
+        snap.problems.extend(findings);
         let mut problems: Vec<String> = self.problems.values().cloned().collect();
         for p in &snap.problems {
             if !self.snapshot.problems.contains(p) {

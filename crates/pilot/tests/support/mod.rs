@@ -25,6 +25,11 @@ use xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
 use xds::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 
 pub fn snapshot(dir: &str) -> Arc<Snapshot> {
+    snapshot_expecting(dir, &[])
+}
+
+/// A testdata directory's snapshot whose registry problems are exactly `expected`.
+pub fn snapshot_expecting(dir: &str, expected: &[&str]) -> Arc<Snapshot> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/testdata")
         .join(dir);
@@ -36,7 +41,7 @@ pub fn snapshot(dir: &str) -> Arc<Snapshot> {
     }
     store.apply(Event::Synced);
     let snap = store.rebuild();
-    assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+    assert_eq!(snap.problems, expected, "registry problems");
     snap
 }
 
@@ -272,4 +277,134 @@ pub fn cluster_row(c: &Cluster) -> String {
     } else {
         format!("{} | - | - | - | {t}", c.name)
     }
+}
+
+/// A registry snapshot from manifest texts (as if each were a file of a config directory).
+pub fn snapshot_of(texts: &[&str]) -> Arc<Snapshot> {
+    let mut store = Store::default();
+    for (i, t) in texts.iter().enumerate() {
+        let objs = pilot::model::parse_manifests(Path::new(&format!("doc{i}.yaml")), t)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for o in objs {
+            store.apply(Event::Added(Arc::new(o)));
+        }
+    }
+    store.apply(Event::Synced);
+    store.rebuild()
+}
+
+/// Generates with a given mesh config (and checks Skiff's proxy takes it).
+pub fn generate_with(snap: &Snapshot, proxy: &Proxy, mesh: &MeshConfig) -> Generated {
+    let ctx = Context::new(snap, proxy, mesh);
+    let g = Generated {
+        listeners: gen::listener::listeners(&ctx),
+        routes: gen::route::routes(&ctx, &[]),
+        clusters: gen::cluster::clusters(&ctx),
+        endpoints: gen::endpoint::endpoints(&ctx, &[]),
+    };
+    accepted_by_skiff_proxy(&g);
+    g
+}
+
+/// An ingress gateway proxy (`router~IP~POD.NS~NS.svc.cluster.local`).
+pub fn router(ip: &str, pod: &str, ns: &str) -> Proxy {
+    let mut p = sidecar(ip, pod, ns);
+    p.node_type = pilot::proxy::NodeType::Router;
+    p.id = p.id.replacen("sidecar~", "router~", 1);
+    p
+}
+
+/// `filter_metadata.istio.config` rendered as istioctl does (`name.namespace`).
+pub fn config_column(md: Option<&xds::pb::envoy::config::core::v3::Metadata>) -> String {
+    use xds::pb::google::protobuf::value::Kind;
+    let Some(Kind::StringValue(path)) = md
+        .and_then(|m| m.filter_metadata.get("istio"))
+        .and_then(|s| s.fields.get("config"))
+        .and_then(|v| v.kind.as_ref())
+    else {
+        return String::new();
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.len() == 8 && path.starts_with("/apis/networking.istio.io/v1alpha3/namespaces/") {
+        format!("{}.{}", parts[7], parts[5])
+    } else {
+        "<unknown>".into()
+    }
+}
+
+/// istioctl's `describeMatch`.
+pub fn describe_match(m: Option<&xds::pb::envoy::config::route::v3::RouteMatch>) -> String {
+    use xds::pb::envoy::config::route::v3::route_match::PathSpecifier;
+    match m.and_then(|m| m.path_specifier.as_ref()) {
+        Some(PathSpecifier::Prefix(p)) => format!("{p}*"),
+        Some(PathSpecifier::Path(p)) => p.clone(),
+        Some(PathSpecifier::SafeRegex(r)) => format!("regex {}", r.regex),
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => format!("PathPrefix:{p}"),
+        _ => String::new(),
+    }
+}
+
+/// `proxy-config route` rows: `NAME | VHOST NAME | DOMAINS | MATCH | VIRTUAL SERVICE`.
+pub fn route_rows(rcs: &[RouteConfiguration]) -> BTreeSet<String> {
+    let mut rows = BTreeSet::new();
+    for rc in rcs {
+        for vh in &rc.virtual_hosts {
+            if vh.routes.is_empty() {
+                rows.insert(format!(
+                    "{} | {} | {} | /* | 404",
+                    rc.name,
+                    vh.name,
+                    describe_domains(&vh.domains)
+                ));
+            }
+            for r in &vh.routes {
+                if let Some(route::Action::Route(a)) = &r.action {
+                    if a.cluster_specifier
+                        == Some(route_action::ClusterSpecifier::Cluster(
+                            "PassthroughCluster".into(),
+                        ))
+                    {
+                        continue;
+                    }
+                }
+                rows.insert(format!(
+                    "{} | {} | {} | {} | {}",
+                    rc.name,
+                    vh.name,
+                    describe_domains(&vh.domains),
+                    describe_match(r.r#match.as_ref()),
+                    config_column(r.metadata.as_ref())
+                ));
+            }
+        }
+    }
+    rows
+}
+
+/// `proxy-config cluster` rows with the DESTINATION RULE column.
+pub fn cluster_rows(cs: &[Cluster]) -> BTreeSet<String> {
+    cs.iter()
+        .map(|c| {
+            let dr = config_column(c.metadata.as_ref());
+            let row = cluster_row(c);
+            if dr.is_empty() {
+                row
+            } else {
+                format!("{row} | {dr}")
+            }
+        })
+        .collect()
+}
+
+/// Rows of an istioctl table (columns joined by ` | `, trailing empty cells dropped).
+pub fn table_rows(text: &str) -> BTreeSet<String> {
+    table(text)
+        .into_iter()
+        .map(|mut r| {
+            while r.last().is_some_and(|c| c.is_empty()) {
+                r.pop();
+            }
+            r.join(" | ")
+        })
+        .collect()
 }
