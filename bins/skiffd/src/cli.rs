@@ -43,8 +43,15 @@ pub struct DiscoveryFlags {
     #[arg(long = "monitoring-addr", default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
     /// Mesh `accessLogFile` for the sidecars (e.g. /dev/stdout); none by default, as in Istio.
+    /// Overrides the mesh config's.
     #[arg(long = "access-log-file")]
     pub access_log_file: Option<String>,
+    /// Istio MeshConfig YAML (what istiod reads from the `istio` ConfigMap's `mesh` key):
+    /// `outboundTrafficPolicy.mode` (ALLOW_ANY | REGISTRY_ONLY), `accessLogFile`,
+    /// `connectTimeout`, `dnsRefreshRate`, `defaultHttpRetryPolicy`; other fields are accepted and
+    /// listed as ignored.
+    #[arg(long = "mesh-config", alias = "meshConfig")]
+    pub mesh_config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

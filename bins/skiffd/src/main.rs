@@ -58,15 +58,26 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         (None, true) => Some(kubernetes_source().await?),
         (None, false) => None,
     };
+    let mut mesh = match &d.mesh_config {
+        Some(path) => {
+            let loaded = pilot::mesh::load(path).context("--mesh-config")?;
+            if !loaded.ignored.is_empty() {
+                tracing::info!(ignored = ?loaded.ignored, "mesh config fields Skiff does not apply");
+            }
+            tracing::info!(path = %path.display(), outbound = ?loaded.mesh.outbound_traffic_policy, "mesh config");
+            loaded.mesh
+        }
+        None => pilot::gen::MeshConfig::default(),
+    };
+    if d.access_log_file.is_some() {
+        mesh.access_log_file = d.access_log_file.clone();
+    }
     let control_plane = match source {
         Some(source) => {
             let config = pilot::app::Config {
                 xds_addr: d.xds_addr,
                 monitoring_addr: d.monitoring_addr,
-                mesh: pilot::gen::MeshConfig {
-                    access_log_file: d.access_log_file.clone(),
-                    ..Default::default()
-                },
+                mesh,
                 debounce: Default::default(),
             };
             let cp = pilot::app::ControlPlane::start(config, source).await?;

@@ -35,6 +35,27 @@ fn nothing_to_serve_and_clashing_flags_are_explained() {
     }
 }
 
+#[test]
+fn a_bad_mesh_config_names_the_field() {
+    let path = std::env::temp_dir().join(format!("skiffd-mesh-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "accessLogFile: /dev/stdout\noutboundTrafficPolicy: {mode: DENY_ALL}\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&["--config-dir", "/tmp", "--mesh-config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        text.contains("--mesh-config:")
+            && text.contains("outboundTrafficPolicy.mode: unknown variant `DENY_ALL`"),
+        "{text}"
+    );
+    let (ok, text) = run(&["--config-dir", "/tmp", "--mesh-config", "/nonexistent/mesh.yaml"]);
+    assert!(!ok);
+    assert!(text.contains("/nonexistent/mesh.yaml: cannot read"), "{text}");
+    let _ = std::fs::remove_file(&path);
+}
+
 struct Child(std::process::Child);
 
 impl Drop for Child {
