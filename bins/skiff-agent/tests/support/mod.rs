@@ -94,6 +94,7 @@ impl Recorder {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
+                let _ = conn.set_nodelay(true);
                 c.fetch_add(1, Relaxed);
                 let (s, st, n, keys) = (s.clone(), st.clone(), n.clone(), keys.clone());
                 std::thread::spawn(move || serve(conn, &n, &s, &st, &keys));
@@ -234,7 +235,9 @@ fn serve(conn: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>, status: &AtomicU1
             payload.len(),
             if close { "connection: close\r\n" } else { "" }
         );
-        if w.write_all(head.as_bytes()).is_err() || w.write_all(&payload).is_err() {
+        let mut out = head.into_bytes();
+        out.extend_from_slice(&payload);
+        if w.write_all(&out).is_err() {
             return;
         }
         if close {
@@ -329,8 +332,11 @@ pub fn raw_request(
         req.push_str(&format!("content-length: {}\r\n", body.len()));
     }
     req.push_str("connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    s.write_all(body).map_err(|e| e.to_string())?;
+    // One write: head and body in separate segments would wait on Nagle + delayed ACK.
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let _ = s.set_nodelay(true);
+    s.write_all(&bytes).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).map_err(|e| e.to_string())?;
     parse_reply(&out, local)
