@@ -51,6 +51,23 @@ impl Mesh {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `skiffctl proxy-config|proxy-status … --mesh NAME`, which must succeed; returns stdout.
+    fn istioctl(&self, args: &[&str]) -> String {
+        let out = Command::new(SKIFFCTL)
+            .args(args)
+            .args(["--mesh", &self.name])
+            .env("SKIFF_LOCAL_DIR", &self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skiffctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn exec(&self, pod: &str, cmd: &[&str]) -> Output {
         self.exec_in("sidecar", pod, cmd)
     }
@@ -270,6 +287,76 @@ fn walkthrough(proxy: &str) {
         for t in ["cds", "lds", "eds", "rds"] {
             assert_eq!(p[t], "SYNCED", "{t} of {}", p["proxy"]);
         }
+    }
+
+    // The same chain through istioctl's commands, as a user would read it.
+    let listeners = mesh.istioctl(&[
+        "proxy-config",
+        "listener",
+        "deploy/toolbox",
+        "-n",
+        "sidecar",
+        "--port",
+        "80",
+    ]);
+    assert!(
+        listeners
+            .lines()
+            .any(|l| l.starts_with("0.0.0.0") && l.contains("Route: 80")),
+        "{listeners}"
+    );
+    let routes = mesh.istioctl(&[
+        "proxy-config",
+        "route",
+        "deploy/toolbox",
+        "-n",
+        "sidecar",
+        "--name",
+        "80",
+    ]);
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("80 ") && l.contains("nginx.sidecar.svc.cluster.local")),
+        "{routes}"
+    );
+    let clusters = mesh.istioctl(&[
+        "proxy-config",
+        "cluster",
+        "deploy/toolbox",
+        "-n",
+        "sidecar",
+        "--fqdn",
+        "nginx.sidecar.svc.cluster.local",
+    ]);
+    assert!(
+        clusters
+            .lines()
+            .any(|l| l.starts_with("nginx.sidecar.svc.cluster.local")
+                && l.contains("outbound")
+                && l.contains("EDS")),
+        "{clusters}"
+    );
+    let endpoints = mesh.istioctl(&[
+        "proxy-config",
+        "endpoint",
+        "deploy/toolbox",
+        "-n",
+        "sidecar",
+        "--cluster",
+        "outbound|80||nginx.sidecar.svc.cluster.local",
+    ]);
+    assert!(
+        endpoints
+            .lines()
+            .any(|l| l.starts_with(&format!("{nginx_ip}:80")) && l.contains("HEALTHY")),
+        "{endpoints}"
+    );
+    let status = mesh.istioctl(&["proxy-status"]);
+    let rows: Vec<&str> = status.lines().filter(|l| l.contains(".sidecar ")).collect();
+    assert_eq!(rows.len(), 2, "{status}");
+    for row in rows {
+        assert_eq!(row.matches("SYNCED").count(), 4, "{row}");
     }
 
     // Scale to three replicas while up: requests spread over the three pods.
