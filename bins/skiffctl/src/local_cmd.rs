@@ -15,6 +15,8 @@ pub enum Local {
     Down(Name),
     /// Pods and services of the mesh.
     Status(Name),
+    /// The ingress gateway's address on this host: `export INGRESS_HOST=$(skiffctl local ingress-host)`.
+    IngressHost(Name),
     /// Run a command inside a pod (as `kubectl exec`).
     Exec(Exec),
     /// A container's output, the sidecar's access log included (`-c istio-proxy`).
@@ -134,6 +136,10 @@ pub fn run(cmd: Local) -> Result<u8> {
         }
         Local::Status(n) => {
             print!("{}", local::ops::status(&n.name)?);
+            Ok(0)
+        }
+        Local::IngressHost(n) => {
+            println!("{}", local::ops::ingress_host(&n.name)?);
             Ok(0)
         }
         Local::Exec(e) => {

@@ -17,6 +17,8 @@ pub struct Identity<'a> {
     pub workload: &'a str,
     /// `host:port` of skiffd's plaintext xDS.
     pub discovery: (&'a str, u16),
+    /// A gateway (Istio's `router` node type) rather than a sidecar.
+    pub router: bool,
 }
 
 fn static_listener(name: &str, port: u16, path: &str, rewrite: &str) -> Value {
@@ -41,7 +43,8 @@ pub fn bootstrap(id: &Identity<'_>) -> Value {
     let (host, port) = id.discovery;
     json!({
         "node": {
-            "id": format!("sidecar~{}~{}.{}~{}.svc.cluster.local", id.ip, id.pod, id.namespace, id.namespace),
+            "id": format!("{}~{}~{}.{}~{}.svc.cluster.local",
+                if id.router { "router" } else { "sidecar" }, id.ip, id.pod, id.namespace, id.namespace),
             "cluster": format!("{}.{}", id.labels.get("app").and_then(Value::as_str).unwrap_or(id.workload), id.namespace),
             "metadata": {
                 "CLUSTER_ID": "Kubernetes",
@@ -123,6 +126,7 @@ mod tests {
             labels: &labels,
             workload: "nginx-deployment",
             discovery: ("istiod.istio-system.svc", 15010),
+            router: false,
         });
         assert_eq!(
             b["node"]["id"],

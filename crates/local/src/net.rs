@@ -1,8 +1,9 @@
 //! The pod network, routed like Calico: a "node" namespace holds one veth per pod and a /32
 //! route to each pod IP; each pod has `eth0` with its /32 and a default route via 169.254.1.1.
 //! Every packet between pods crosses the node's IP stack, so kube-proxy's DNAT (Service VIP →
-//! endpoint) sees both directions without masquerading, as on a real node. Nothing here touches
-//! the host's interfaces or routes.
+//! endpoint) sees both directions without masquerading, as on a real node. The only thing on the
+//! host is the ingress link ([`create_ingress_link`]): one veth with a /30 from 198.18.255.0/24
+//! and its connected route, so the host can reach the ingress gateway.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -170,6 +171,107 @@ pub fn write_resolv_conf(netns: &str, namespace: &str) -> Result<()> {
     std::fs::write(dir.join("resolv.conf"), text).context("writing resolv.conf")
 }
 
+/// Where ingress links take their /30s: 64 of them, one per mesh.
+pub const INGRESS_RANGE: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 0);
+/// The ingress link's end inside the node namespace.
+pub const INGRESS_NODE_LINK: &str = "ingress0";
+
+/// The /30s of [`INGRESS_RANGE`] some interface of this (host) namespace already uses.
+fn ingress_subnets_in_use() -> Result<std::collections::BTreeSet<u8>> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .context("running `ip addr` (install iproute2)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut used = std::collections::BTreeSet::new();
+    for word in text.split_whitespace() {
+        let Some(addr) = word.split('/').next().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+            continue;
+        };
+        let [a, b, c, d] = addr.octets();
+        if [a, b, c] == [198, 18, 255] {
+            used.insert(d / 4);
+        }
+    }
+    Ok(used)
+}
+
+/// Links the host to the node: a veth pair `host_veth` (host) / `ingress0` (node) with a free /30
+/// of 198.18.255.0/24, host .1 and node .2 of it. Allocation and creation hold a lock file in
+/// `lock_dir`, so meshes started together never take the same /30. Only the connected route
+/// appears on the host; the node reaches the host through it.
+pub fn create_ingress_link(
+    node: &str,
+    host_veth: &str,
+    lock_dir: &Path,
+) -> Result<crate::state::IngressState> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(lock_dir)?;
+    let lock = std::fs::File::create(lock_dir.join(".ingress.lock")).context("creating the ingress lock")?;
+    // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!(
+            "locking {}: {}",
+            lock_dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    if Path::new("/sys/class/net").join(host_veth).exists() {
+        // Left by a mesh of the same name that crashed: ours to remove.
+        let _ = ip(&["link", "del", host_veth]);
+    }
+    let used = ingress_subnets_in_use()?;
+    let Some(slot) = (0u8..64).find(|s| !used.contains(s)) else {
+        bail!("no free /30 left in 198.18.255.0/24 for the ingress link (64 meshes run?)");
+    };
+    let base = u32::from(INGRESS_RANGE) + u32::from(slot) * 4;
+    let host_address = Ipv4Addr::from(base + 1);
+    let address = Ipv4Addr::from(base + 2);
+    ip(&[
+        "link",
+        "add",
+        host_veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        INGRESS_NODE_LINK,
+        "netns",
+        node,
+    ])?;
+    let created = (|| -> Result<()> {
+        ip(&["addr", "add", &format!("{host_address}/30"), "dev", host_veth])?;
+        ip(&["link", "set", host_veth, "up"])?;
+        ip(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{address}/30"),
+            "dev",
+            INGRESS_NODE_LINK,
+        ])?;
+        ip(&["-n", node, "link", "set", INGRESS_NODE_LINK, "up"])?;
+        Ok(())
+    })();
+    if let Err(e) = created {
+        let _ = ip(&["link", "del", host_veth]);
+        return Err(e);
+    }
+    Ok(crate::state::IngressState {
+        host_veth: host_veth.to_owned(),
+        host_address,
+        address,
+    })
+}
+
+/// Removes the host side of an ingress link (its peer goes with it); fine if it is gone.
+pub fn delete_ingress_link(host_veth: &str) {
+    if Path::new("/sys/class/net").join(host_veth).exists() {
+        let _ = Command::new("ip").args(["link", "del", host_veth]).output();
+    }
+}
+
 /// One Service port as kube-proxy programs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceRule {
@@ -180,6 +282,8 @@ pub struct ServiceRule {
     pub protocol: &'static str,
     /// Ready endpoints: pod IP and target port.
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// Load-balancer addresses (`status.loadBalancer.ingress`) that lead to the same endpoints.
+    pub external_ips: Vec<Ipv4Addr>,
 }
 
 fn chain_id(s: &str) -> String {
@@ -224,6 +328,12 @@ pub fn kube_proxy_rules(services: &[ServiceRule]) -> String {
             "-A KUBE-SERVICES -d {}/32 -p {} -m comment --comment \"{} cluster IP\" -m {} --dport {} -j {svc_chain}",
             s.vip, s.protocol, s.name, s.protocol, s.port
         ));
+        for ext in &s.external_ips {
+            rules.push(format!(
+                "-A KUBE-SERVICES -d {ext}/32 -p {} -m comment --comment \"{} loadbalancer IP\" -m {} --dport {} -j {svc_chain}",
+                s.protocol, s.name, s.protocol, s.port
+            ));
+        }
         let n = s.endpoints.len();
         for (i, (ip, port)) in s.endpoints.iter().enumerate() {
             let sep = format!(
@@ -299,7 +409,12 @@ mod tests {
             port: 80,
             protocol: "tcp",
             endpoints: vec![(pod_ip(1), 80), (pod_ip(2), 80), (pod_ip(3), 80)],
+            external_ips: vec![Ipv4Addr::new(198, 18, 255, 2)],
         }]);
+        assert!(
+            rules.contains("-A KUBE-SERVICES -d 198.18.255.2/32 -p tcp -m comment --comment \"sidecar/nginx:80 loadbalancer IP\" -m tcp --dport 80 -j KUBE-SVC-"),
+            "{rules}"
+        );
         assert!(rules.contains("--probability 0.33333333333"), "{rules}");
         assert!(rules.contains("--probability 0.50000000000"), "{rules}");
         assert_eq!(rules.matches("-j DNAT --to-destination").count(), 3);

@@ -220,6 +220,10 @@ fn cleanup(name: &str, dir: &Path) {
         while pids.iter().any(|p| crate::net::running(*p)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The one thing on the host: the ingress link (it also goes with the node namespace).
+        if let Some(ingress) = &st.ingress {
+            crate::net::delete_ingress_link(&ingress.host_veth);
+        }
     }
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for e in entries.flatten() {
@@ -370,10 +374,27 @@ pub fn status(name: &str) -> Result<String> {
         ]);
     }
     out.push_str(&table(&rows));
+    if let Some(ingress) = &st.ingress {
+        out.push_str(&format!(
+            "\nINGRESS_HOST={}   (istio-system/istio-ingressgateway: 80/TCP, 443/TCP, 15021/TCP from this host)\n",
+            ingress.address
+        ));
+    }
     for e in &st.errors {
         out.push_str(&format!("\nerror: {e}\n"));
     }
     Ok(out)
+}
+
+/// `skiffctl local ingress-host`: the ingress gateway's address on this host, as `minikube ip`
+/// or the LoadBalancer's `EXTERNAL-IP` gives it in seed 004.
+pub fn ingress_host(name: &str) -> Result<std::net::Ipv4Addr> {
+    let st = state::load(&state::mesh_dir(name))?;
+    st.ingress.map(|i| i.address).with_context(|| {
+        format!(
+            "mesh {name:?} has no ingress gateway: it starts with the first Gateway (networking.istio.io) in the manifests"
+        )
+    })
 }
 
 /// The container `logs`/`exec` mean when none is named: the first app container (Istio marks it

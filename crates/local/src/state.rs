@@ -83,6 +83,18 @@ impl PodState {
     }
 }
 
+/// The ingress gateway's address on the host: a veth pair between the host and the node with a
+/// point-to-point /30, so the host reaches the gateway as a cloud reaches a LoadBalancer IP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressState {
+    /// The host side of the veth (removed by `down`, also after a crash).
+    pub host_veth: String,
+    /// The host's end of the /30.
+    pub host_address: Ipv4Addr,
+    /// The node's end: `INGRESS_HOST`, the Service's load-balancer address.
+    pub address: Ipv4Addr,
+}
+
 /// A Service and its virtual IP.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceState {
@@ -121,6 +133,9 @@ pub struct State {
     pub next_vip: u32,
     pub next_veth: u32,
     pub vips: BTreeMap<String, Ipv4Addr>,
+    /// Set once the ingress gateway runs (the manifests hold a Gateway).
+    #[serde(default)]
+    pub ingress: Option<IngressState>,
 }
 
 impl State {
@@ -142,6 +157,7 @@ impl State {
             next_vip: 0,
             next_veth: 0,
             vips: BTreeMap::new(),
+            ingress: None,
         }
     }
 

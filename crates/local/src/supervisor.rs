@@ -34,6 +34,69 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// The namespace of the mesh's own pods.
 const SYSTEM_NAMESPACES: [&str; 2] = ["kube-system", "istio-system"];
 
+/// The ingress gateway's Deployment and Service, as Istio's default profile names them.
+pub const INGRESS_GATEWAY: &str = "istio-ingressgateway";
+
+/// Whether the manifests hold an Istio Gateway: the ingress gateway starts with the first one.
+fn wants_ingress_gateway(others: &[Doc]) -> bool {
+    others.iter().any(|d| {
+        d.kind() == "Gateway"
+            && d.value
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|a| a.starts_with("networking.istio.io/"))
+    })
+}
+
+/// The pod template of Istio 1.19's `istio-ingressgateway` Deployment (default profile): the
+/// chart's labels (`istio: ingressgateway` is what Gateways select), `pilot-agent proxy router`
+/// as uid 1337 on the unprivileged target ports 8080/8443, readiness on 15021.
+fn ingress_gateway_template() -> Value {
+    let field = |path: &str| json!({"fieldRef": {"apiVersion": "v1", "fieldPath": path}});
+    json!({
+        "metadata": {
+            "labels": {
+                "app": INGRESS_GATEWAY, "istio": "ingressgateway", "chart": "gateways",
+                "heritage": "Tiller", "install.operator.istio.io/owning-resource": "unknown",
+                "istio.io/rev": "default", "operator.istio.io/component": "IngressGateways",
+                "release": "istio", "service.istio.io/canonical-name": INGRESS_GATEWAY,
+                "service.istio.io/canonical-revision": "latest", "sidecar.istio.io/inject": "false",
+            },
+            "annotations": {
+                "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020",
+                "prometheus.io/scrape": "true", "sidecar.istio.io/inject": "false",
+            },
+        },
+        "spec": {
+            "serviceAccountName": "istio-ingressgateway-service-account",
+            "securityContext": {"runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": true},
+            "containers": [{
+                "name": "istio-proxy",
+                "image": "docker.io/istio/proxyv2:1.19.3",
+                "args": ["proxy", "router", "--domain", "$(POD_NAMESPACE).svc.cluster.local",
+                         "--proxyLogLevel=warning", "--proxyComponentLogLevel=misc:error",
+                         "--log_output_level=default:info"],
+                "ports": [
+                    {"containerPort": 15021, "protocol": "TCP"},
+                    {"containerPort": 8080, "protocol": "TCP"},
+                    {"containerPort": 8443, "protocol": "TCP"},
+                    {"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"},
+                ],
+                "env": [
+                    {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                    {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+                    {"name": "INSTANCE_IP", "valueFrom": field("status.podIP")},
+                    {"name": "SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
+                    {"name": "ISTIO_META_WORKLOAD_NAME", "value": INGRESS_GATEWAY},
+                    {"name": "ISTIO_META_CLUSTER_ID", "value": "Kubernetes"},
+                ],
+                "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021, "scheme": "HTTP"},
+                    "failureThreshold": 30, "initialDelaySeconds": 1, "periodSeconds": 2, "timeoutSeconds": 1},
+            }],
+        },
+    })
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -584,6 +647,7 @@ impl Supervisor {
 
     /// Creates and deletes pods to match the desired workloads.
     fn reconcile(&mut self) -> Result<()> {
+        self.ensure_ingress_gateway()?;
         let workloads = self.desired.workloads.clone();
         let mut keep: BTreeSet<String> = self
             .state
@@ -652,6 +716,50 @@ impl Supervisor {
         self.publish();
         if !errors.is_empty() {
             bail!(errors.join("\n"));
+        }
+        Ok(())
+    }
+
+    /// Starts the ingress gateway (pod, Service, host link) once the manifests hold a Gateway;
+    /// it then stays, as an installed component does.
+    fn ensure_ingress_gateway(&mut self) -> Result<()> {
+        if self.state.ingress.is_none() && !wants_ingress_gateway(&self.desired.others) {
+            return Ok(());
+        }
+        if self.state.ingress.is_none() {
+            let lock_dir = self
+                .dir
+                .parent()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| self.dir.clone());
+            let link = net::create_ingress_link(
+                &self.state.switch_netns,
+                &ingress_veth(&self.state.name),
+                &lock_dir,
+            )
+            .context("linking the ingress gateway to the host")?;
+            info!(address = %link.address, veth = %link.host_veth, "ingress gateway address on the host");
+            self.state.ingress = Some(link);
+            self.dirty = true;
+            self.save();
+        }
+        let running = self
+            .state
+            .pods
+            .iter()
+            .any(|p| p.system && p.owner.as_deref() == Some(INGRESS_GATEWAY));
+        if !running {
+            let t = ingress_gateway_template();
+            let w = Workload {
+                namespace: "istio-system".into(),
+                owner: Some(INGRESS_GATEWAY.into()),
+                name: INGRESS_GATEWAY.into(),
+                replicas: 1,
+                hash: template_hash(&t),
+                template: t,
+            };
+            self.create_pod(&w, true)
+                .context("starting istio-system/istio-ingressgateway")?;
         }
         Ok(())
     }
@@ -728,6 +836,11 @@ impl Supervisor {
                 inject::pod::Outcome::Skipped(_) => {}
             }
         }
+        // The ingress gateway's proxy is the mesh's proxy (`--proxy`), as a router.
+        let gateway = system && w.owner.as_deref() == Some(INGRESS_GATEWAY);
+        if gateway {
+            sidecar = Some(self.state.proxy);
+        }
         let ip = self.allocate_ip();
         let veth = format!("{}{}", veth_prefix(&self.state.name), self.state.next_veth);
         self.state.next_veth += 1;
@@ -765,6 +878,7 @@ impl Supervisor {
                     labels: &labels_map,
                     workload: &workload,
                     discovery: ("istiod.istio-system.svc.cluster.local", 15010),
+                    router: gateway,
                 },
                 &dir,
             )?;
@@ -1243,6 +1357,15 @@ impl Supervisor {
         self.state.vips.retain(|k, _| {
             live.contains(k) || k.starts_with("kube-system/") || k.starts_with("istio-system/")
         });
+        if self.state.ingress.is_some() {
+            self.ensure_system_vips();
+            services.push(ServiceState {
+                namespace: "istio-system".into(),
+                name: INGRESS_GATEWAY.into(),
+                vip: self.state.vips.get("istio-system/istio-ingressgateway").copied(),
+                ports: "15021/TCP,80/TCP,443/TCP".into(),
+            });
+        }
         self.state.services = services;
     }
 
@@ -1327,7 +1450,7 @@ impl Supervisor {
     /// System Services: kube-dns and istiod, as a cluster has them.
     fn system_services(&self) -> Vec<Value> {
         let istiod_vip = self.state.vips.get("istio-system/istiod").copied();
-        vec![
+        let mut out = vec![
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": "kube-system",
                 "labels": {"k8s-app": "kube-dns"}},
                 "spec": {"clusterIP": net::DNS_VIP.to_string(), "selector": {"k8s-app": "kube-dns"}, "ports": [
@@ -1338,7 +1461,24 @@ impl Supervisor {
                 "spec": {"clusterIP": istiod_vip.map(|v| v.to_string()), "selector": {"app": "istiod"}, "ports": [
                     {"name": "grpc-xds", "port": 15010, "protocol": "TCP", "targetPort": 15010},
                     {"name": "http-monitoring", "port": 15014, "protocol": "TCP", "targetPort": 15014}]}}),
-        ]
+        ];
+        if let Some(ingress) = &self.state.ingress {
+            // A LoadBalancer whose address is the host link's node end, as a cloud would assign.
+            let vip = self.state.vips.get("istio-system/istio-ingressgateway").copied();
+            out.push(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": INGRESS_GATEWAY, "namespace": "istio-system",
+                    "labels": {"app": INGRESS_GATEWAY, "istio": "ingressgateway", "release": "istio",
+                        "install.operator.istio.io/owning-resource": "unknown",
+                        "operator.istio.io/component": "IngressGateways"}},
+                "spec": {"type": "LoadBalancer", "clusterIP": vip.map(|v| v.to_string()),
+                    "selector": {"app": INGRESS_GATEWAY, "istio": "ingressgateway"},
+                    "ports": [
+                        {"name": "status-port", "port": 15021, "protocol": "TCP", "targetPort": 15021},
+                        {"name": "http2", "port": 80, "protocol": "TCP", "targetPort": 8080},
+                        {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 8443}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": ingress.address.to_string()}]}}}));
+        }
+        out
     }
 
     fn ensure_system_vips(&mut self) {
@@ -1352,6 +1492,20 @@ impl Supervisor {
                 }
             };
             self.state.vips.insert("istio-system/istiod".into(), v);
+        }
+        if self.state.ingress.is_some() && !self.state.vips.contains_key("istio-system/istio-ingressgateway")
+        {
+            let taken: BTreeSet<Ipv4Addr> = self.state.vips.values().copied().collect();
+            let v = loop {
+                let v = net::service_vip(self.state.next_vip);
+                self.state.next_vip += 1;
+                if !taken.contains(&v) {
+                    break v;
+                }
+            };
+            self.state
+                .vips
+                .insert("istio-system/istio-ingressgateway".into(), v);
         }
         self.state
             .vips
@@ -1396,6 +1550,13 @@ impl Supervisor {
             if selector.is_empty() {
                 continue;
             }
+            let external_ips: Vec<Ipv4Addr> = s
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.get("ip")?.as_str()?.parse().ok())
+                .collect();
             let pods: Vec<&PodState> = self
                 .state
                 .pods
@@ -1442,6 +1603,7 @@ impl Supervisor {
                     port: p,
                     protocol,
                     endpoints,
+                    external_ips: external_ips.clone(),
                 });
             }
         }
@@ -1651,6 +1813,9 @@ impl Supervisor {
             net::delete_netns(&p.netns);
         }
         net::delete_netns(&self.state.switch_netns);
+        if let Some(ingress) = &self.state.ingress {
+            net::delete_ingress_link(&ingress.host_veth);
+        }
         self.state.pods.clear();
         self.state.supervisor_pid = None;
         self.save();
@@ -1674,6 +1839,11 @@ fn veth_prefix(mesh: &str) -> String {
         h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
     format!("sk{:04x}v", h & 0xffff)
+}
+
+/// The host side of the mesh's ingress link: `sk<hash>-ingress` (15 bytes at most).
+pub fn ingress_veth(mesh: &str) -> String {
+    format!("{}-ingress", veth_prefix(mesh).trim_end_matches('v'))
 }
 
 /// The kubelet's crash back-off: 10 s doubling to 5 min.
@@ -1754,5 +1924,7 @@ mod tests {
     #[test]
     fn veth_names_fit() {
         assert!(format!("{}{}", veth_prefix("a-very-long-mesh-name"), 9999).len() <= 15);
+        assert!(ingress_veth("a-very-long-mesh-name").len() <= 15);
+        assert!(ingress_veth("m").starts_with("sk") && ingress_veth("m").ends_with("-ingress"));
     }
 }
