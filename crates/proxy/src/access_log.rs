@@ -163,6 +163,8 @@ pub struct LogRecord {
     pub downstream_local_address: SocketAddr,
     pub downstream_remote_address: SocketAddr,
     pub requested_server_name: Option<String>,
+    /// `TLSv1.3` on a TLS-terminated connection.
+    pub downstream_tls_version: Option<&'static str>,
     pub route_name: Option<Arc<str>>,
     pub connection_id: u64,
     pub attempt_count: u32,
@@ -193,6 +195,7 @@ impl LogRecord {
             downstream_local_address: downstream_local,
             downstream_remote_address: downstream_remote,
             requested_server_name: None,
+            downstream_tls_version: None,
             route_name: None,
             connection_id: 0,
             attempt_count: 0,
@@ -235,6 +238,7 @@ enum Op {
     DownstreamRemoteAddressWithoutPort,
     DownstreamRemotePort,
     RequestedServerName,
+    DownstreamTlsVersion,
     RouteName,
     ConnectionId,
     Hostname,
@@ -406,6 +410,7 @@ fn parse_op(body: &str) -> Result<Op, FormatError> {
         }
         "DOWNSTREAM_REMOTE_PORT" | "DOWNSTREAM_DIRECT_REMOTE_PORT" => Op::DownstreamRemotePort,
         "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
+        "DOWNSTREAM_TLS_VERSION" => Op::DownstreamTlsVersion,
         "ROUTE_NAME" => Op::RouteName,
         "CONNECTION_ID" => Op::ConnectionId,
         "HOSTNAME" => Op::Hostname,
@@ -523,6 +528,7 @@ fn write_op(out: &mut String, op: &Op, r: &LogRecord) {
             let _ = write!(out, "{}", r.downstream_remote_address.port());
         }
         Op::RequestedServerName => out.push_str(r.requested_server_name.as_deref().unwrap_or("")),
+        Op::DownstreamTlsVersion => out.push_str(r.downstream_tls_version.unwrap_or("")),
         Op::RouteName => out.push_str(r.route_name.as_deref().unwrap_or("")),
         Op::ConnectionId => {
             let _ = write!(out, "{}", r.connection_id);

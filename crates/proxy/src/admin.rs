@@ -140,6 +140,7 @@ pub fn config_dump(state: &AdminState, snap: &Snapshot, include_eds: bool) -> ad
                         listener: any,
                         last_updated: timestamp(v.last_updated),
                     }),
+                    warming_state: res.warming.get(&v.proto.name).map(|w| warming_state(&w.listener)),
                     ..Default::default()
                 }),
         }
@@ -174,6 +175,18 @@ pub fn config_dump(state: &AdminState, snap: &Snapshot, include_eds: bool) -> ad
             }
         }
     }
+    // Listeners seen only warming (no active version yet).
+    for (name, w) in &res.warming {
+        if !res.listeners.contains_key(name) {
+            listeners
+                .dynamic_listeners
+                .push(admin::listeners_config_dump::DynamicListener {
+                    name: name.clone(),
+                    warming_state: Some(warming_state(&w.listener)),
+                    ..Default::default()
+                });
+        }
+    }
     configs.push(pack(&listeners));
     for v in res.routes.values() {
         routes
@@ -187,8 +200,67 @@ pub fn config_dump(state: &AdminState, snap: &Snapshot, include_eds: bool) -> ad
     }
     configs.push(pack(&admin::ScopedRoutesConfigDump::default()));
     configs.push(pack(&routes));
-    configs.push(pack(&admin::SecretsConfigDump::default()));
+    configs.push(pack(&secrets_dump(res)));
     admin::ConfigDump { configs }
+}
+
+fn warming_state(
+    v: &crate::snapshot::Versioned<xds::pb::envoy::config::listener::v3::Listener, crate::model::Listener>,
+) -> admin::listeners_config_dump::DynamicListenerState {
+    admin::listeners_config_dump::DynamicListenerState {
+        version_info: v.version.clone().unwrap_or_default(),
+        listener: Some(pack(&v.proto)),
+        last_updated: timestamp(v.last_updated),
+    }
+}
+
+/// Envoy's `SecretsConfigDump`, private keys shown as `[redacted]` (Envoy redacts the
+/// `sensitive` fields the same way), so `proxy-config secret` can read the certificates.
+fn secrets_dump(res: &crate::snapshot::Resources) -> admin::SecretsConfigDump {
+    use xds::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type;
+    let mut dump = admin::SecretsConfigDump::default();
+    for (name, v) in &res.secrets {
+        let mut secret = v.proto.clone();
+        if let Some(Type::TlsCertificate(c)) = &mut secret.r#type {
+            if let Some(key) = &mut c.private_key {
+                redact(key);
+            }
+            if let Some(p) = &mut c.password {
+                redact(p);
+            }
+        }
+        let any = Some(pack(&secret));
+        match &v.version {
+            None => dump
+                .static_secrets
+                .push(admin::secrets_config_dump::StaticSecret {
+                    name: name.clone(),
+                    last_updated: timestamp(v.last_updated),
+                    secret: any,
+                }),
+            Some(ver) => dump
+                .dynamic_active_secrets
+                .push(admin::secrets_config_dump::DynamicSecret {
+                    name: name.clone(),
+                    version_info: ver.clone(),
+                    last_updated: timestamp(v.last_updated),
+                    secret: any,
+                    ..Default::default()
+                }),
+        }
+    }
+    dump
+}
+
+fn redact(d: &mut core::DataSource) {
+    use core::data_source::Specifier as S;
+    const R: &str = "[redacted]";
+    d.specifier = Some(match d.specifier.take() {
+        Some(S::InlineBytes(_)) => S::InlineBytes(R.as_bytes().to_vec()),
+        Some(S::Filename(_)) => S::Filename(R.into()),
+        Some(S::EnvironmentVariable(_)) => S::EnvironmentVariable(R.into()),
+        _ => S::InlineString(R.into()),
+    });
 }
 
 fn host_address(a: SocketAddr) -> core::Address {

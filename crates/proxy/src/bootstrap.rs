@@ -1,5 +1,5 @@
 //! Loading an Envoy bootstrap file (YAML, JSON or binary proto) unchanged: `admin`, `node`,
-//! `static_resources`, and (later) `dynamic_resources`. Fields Skiff does not implement are
+//! `static_resources` (listeners, clusters, secrets), and (later) `dynamic_resources`. Fields Skiff does not implement are
 //! reported by name.
 
 use std::net::SocketAddr;
@@ -47,6 +47,7 @@ impl Loaded {
             clusters: Some(sr.clusters),
             routes: None,
             endpoints: None,
+            secrets: Some(sr.secrets),
             replace: false,
         }
     }
@@ -100,13 +101,6 @@ pub fn from_proto(proto: Bootstrap) -> Result<Loaded, BootstrapError> {
     }
     if proto.overload_manager.is_some() {
         unsupported.push("overload_manager");
-    }
-    if proto
-        .static_resources
-        .as_ref()
-        .is_some_and(|s| !s.secrets.is_empty())
-    {
-        unsupported.push("static_resources.secrets");
     }
     for f in unsupported {
         warnings.push(format!("bootstrap: {f}: not supported by Skiff; ignored"));

@@ -17,7 +17,6 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use crate::access_log::{self, LogRecord, RequestView, ResponseFlags};
 use crate::cluster::{ClusterState, Host, LbContext, SlotKind};
@@ -108,8 +107,18 @@ pub struct ConnCtx {
     pub meta: ConnMeta,
 }
 
-/// Serves one downstream connection until it closes or the worker drains.
-pub async fn serve(worker: Rc<Worker>, hcm: Arc<HttpConnectionManager>, stream: TcpStream, meta: ConnMeta) {
+/// Serves one downstream connection until it closes or the worker drains. `h2`: what ALPN
+/// negotiated on a TLS connection (`Some(true)` h2, `Some(false)` HTTP/1.1), which fixes the
+/// codec as Envoy's `AUTO` does; `None` leaves it to the configured codec.
+pub async fn serve<S>(
+    worker: Rc<Worker>,
+    hcm: Arc<HttpConnectionManager>,
+    stream: S,
+    meta: ConnMeta,
+    h2: Option<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let mut drain = worker.drain_signal();
     let ctx = Rc::new(ConnCtx {
         worker,
@@ -135,10 +144,10 @@ pub async fn serve(worker: Rc<Worker>, hcm: Arc<HttpConnectionManager>, stream: 
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(max_headers as u32);
-    let builder = match hcm.codec {
-        Codec::Http1 => builder.http1_only(),
-        Codec::Http2 => builder.http2_only(),
-        Codec::Auto => builder,
+    let builder = match (hcm.codec, h2) {
+        (Codec::Http1, _) | (Codec::Auto, Some(false)) => builder.http1_only(),
+        (Codec::Http2, _) | (Codec::Auto, Some(true)) => builder.http2_only(),
+        (Codec::Auto, None) => builder,
     };
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
@@ -917,6 +926,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     rec.protocol = Some(protocol_name(version));
     rec.connection_id = ctx.meta.id;
     rec.requested_server_name = ctx.meta.server_name.clone();
+    rec.downstream_tls_version = ctx.meta.tls_version;
     let request_bytes = Arc::new(AtomicU64::new(0));
     let grpc = parts
         .headers

@@ -26,5 +26,6 @@ pub mod sidecar;
 pub mod snapshot;
 pub mod stats;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

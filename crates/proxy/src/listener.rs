@@ -33,6 +33,8 @@ pub struct ConnMeta {
     pub server_name: Option<String>,
     /// TLS was terminated on this connection (downstream `https`).
     pub tls: bool,
+    /// The negotiated TLS version (`TLSv1.3`), for `%DOWNSTREAM_TLS_VERSION%`.
+    pub tls_version: Option<&'static str>,
 }
 
 static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
@@ -182,7 +184,7 @@ async fn handle(worker: Rc<Worker>, name: String, stream: TcpStream, peer: Socke
         access_log::emit(&listener.access_logs, &rec);
         return;
     };
-    let meta = ConnMeta {
+    let mut meta = ConnMeta {
         id,
         listener: Arc::from(listener.name.as_str()),
         direction: listener.direction,
@@ -190,9 +192,34 @@ async fn handle(worker: Rc<Worker>, name: String, stream: TcpStream, peer: Socke
         peer,
         server_name,
         tls: false,
+        tls_version: None,
     };
+    let Some(ctx) = &chain.tls else {
+        return match &chain.filter {
+            NetworkFilter::Tcp(tp) => crate::tcp::proxy(tp.clone(), snap.clone(), stream, meta).await,
+            NetworkFilter::Http(hcm) => {
+                crate::http::serve(worker.clone(), hcm.clone(), stream, meta, None).await
+            }
+        };
+    };
+    // The server was built with this snapshot; a chain without one has no context at all.
+    let Some(server) = snap.tls(ctx) else {
+        debug!(listener = %listener.name, "TLS chain without a server context; closing");
+        return;
+    };
+    let Some((tls, negotiated)) = crate::tls::accept(server, stream, peer).await else {
+        return;
+    };
+    meta.tls = true;
+    meta.tls_version = negotiated.version;
+    if meta.server_name.is_none() {
+        meta.server_name = negotiated.server_name;
+    }
     match &chain.filter {
-        NetworkFilter::Tcp(tp) => crate::tcp::proxy(tp.clone(), snap.clone(), stream, meta).await,
-        NetworkFilter::Http(hcm) => crate::http::serve(worker.clone(), hcm.clone(), stream, meta).await,
+        NetworkFilter::Tcp(tp) => crate::tcp::proxy(tp.clone(), snap.clone(), tls, meta).await,
+        NetworkFilter::Http(hcm) => {
+            let alpn = negotiated.alpn.as_deref().map(|p| p == b"h2");
+            crate::http::serve(worker.clone(), hcm.clone(), tls, meta, alpn).await
+        }
     }
 }

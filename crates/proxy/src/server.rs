@@ -129,6 +129,15 @@ pub async fn start(store: Arc<Store>, loaded: &Loaded, opts: &Options) -> Result
         }
         tokio::spawn(admin::serve(listener, state.clone(), scope));
     }
+    // Listeners warming for SDS secrets activate after Envoy's initial_fetch_timeout.
+    let ticking = store.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            ticking.tick();
+        }
+    });
     // Ready once every worker has started and bound its listeners.
     let deadline = Instant::now() + Duration::from_secs(10);
     while crate::stats::server().workers_started.load(Relaxed) < workers as u64 && Instant::now() < deadline {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -16,10 +16,16 @@ use xds::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use xds::pb::envoy::config::route::v3::RouteConfiguration;
+use xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret as SecretProto;
 
 use crate::cluster::{ClusterState, ClusterStats};
 use crate::convert::{self, ConfigError, Ctx};
-use crate::model::{Cluster, Discovery, Listener, RouteConfig};
+use crate::model::{Cluster, Discovery, DownstreamTls, Listener, RouteConfig, TlsMaterial};
+use crate::tls::{SecretLookup, TlsServer};
+
+/// How long a listener waits for its SDS secrets before serving without them (Envoy's default
+/// `initial_fetch_timeout`; its TLS chains then reset connections until the secret arrives).
+pub const SECRET_WARMING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A resource as received, with where it came from and when.
 #[derive(Debug)]
@@ -49,6 +55,8 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<Listener>>,
     pub routes: HashMap<String, Arc<RouteConfig>>,
     pub clusters: HashMap<String, Arc<ClusterState>>,
+    /// Each TLS filter chain's server, keyed by its `DownstreamTls` (see [`Snapshot::tls`]).
+    pub tls: HashMap<usize, Arc<TlsServer>>,
     pub resources: Arc<Resources>,
 }
 
@@ -59,6 +67,11 @@ impl Snapshot {
 
     pub fn route_config(&self, name: &str) -> Option<&Arc<RouteConfig>> {
         self.routes.get(name)
+    }
+
+    /// The TLS server of a chain's context; built with the snapshot, never per connection.
+    pub fn tls(&self, ctx: &Arc<DownstreamTls>) -> Option<&Arc<TlsServer>> {
+        self.tls.get(&(Arc::as_ptr(ctx) as usize))
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
@@ -93,8 +106,78 @@ pub struct Resources {
     pub clusters: BTreeMap<String, Versioned<ClusterProto, Cluster>>,
     /// EDS assignments by service name.
     pub endpoints: BTreeMap<String, Versioned<ClusterLoadAssignment, ()>>,
+    /// SDS secrets by name (static ones from the bootstrap have no version).
+    pub secrets: BTreeMap<String, Versioned<SecretProto, TlsMaterial>>,
+    /// Listener versions waiting for SDS secrets (Envoy's warming listeners); the active
+    /// version, if any, keeps serving from `listeners` meanwhile.
+    pub warming: BTreeMap<String, Warming>,
     /// `version_info` last accepted per type URL.
     pub versions: BTreeMap<String, String>,
+}
+
+/// A listener version that waits for secrets.
+#[derive(Clone, Debug)]
+pub struct Warming {
+    pub listener: Versioned<ListenerProto, Listener>,
+    pub since: Instant,
+}
+
+impl SecretLookup for Resources {
+    fn secret(&self, name: &str) -> Option<Arc<TlsMaterial>> {
+        self.secrets.get(name).map(|v| v.model.clone())
+    }
+}
+
+impl Resources {
+    /// SDS names a listener needs that have not arrived.
+    fn missing_secrets<'a>(&'a self, l: &'a Listener) -> impl Iterator<Item = &'a str> + 'a {
+        l.filter_chains
+            .iter()
+            .chain(l.default_filter_chain.iter())
+            .filter_map(|c| c.tls.as_deref())
+            .flat_map(crate::tls::sds_names)
+            .filter(|n| !self.secrets.contains_key(*n))
+    }
+
+    /// SDS names referenced by active and warming listeners (what to ask the server for).
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .listeners
+            .values()
+            .map(|v| &v.model)
+            .chain(self.warming.values().map(|w| &w.listener.model))
+            .flat_map(|l| {
+                l.filter_chains
+                    .iter()
+                    .chain(l.default_filter_chain.iter())
+                    .filter_map(|c| c.tls.as_deref())
+                    .flat_map(crate::tls::sds_names)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Activates warming listeners whose secrets are in, or that waited long enough.
+    fn promote_warming(&mut self, now: Instant) {
+        let ready: Vec<String> = self
+            .warming
+            .iter()
+            .filter(|(_, w)| {
+                self.missing_secrets(&w.listener.model).next().is_none()
+                    || now.duration_since(w.since) >= SECRET_WARMING_TIMEOUT
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in ready {
+            if let Some(w) = self.warming.remove(&name) {
+                self.listeners.insert(name, w.listener);
+            }
+        }
+    }
 }
 
 /// A batch of resource changes from one source.
@@ -105,6 +188,7 @@ pub struct Update {
     pub routes: Option<Vec<RouteConfiguration>>,
     pub clusters: Option<Vec<ClusterProto>>,
     pub endpoints: Option<Vec<ClusterLoadAssignment>>,
+    pub secrets: Option<Vec<SecretProto>>,
     /// With state-of-the-world xDS, resources missing from a full list are removed.
     pub replace: bool,
 }
@@ -165,19 +249,21 @@ impl Store {
         let version = update.version.clone();
         let mut res = inner.resources.clone();
 
-        if let Some(list) = update.listeners {
+        // Secrets first: a listener in the same update may be waiting for them.
+        if let Some(list) = update.secrets {
             if update.replace {
-                let names: Vec<&str> = list.iter().map(|l| l.name.as_str()).collect();
-                res.listeners
+                let names: Vec<&str> = list.iter().map(|s| s.name.as_str()).collect();
+                res.secrets
                     .retain(|k, v| v.version.is_none() || names.contains(&k.as_str()));
             }
             for p in list {
-                if res.listeners.get(&p.name).is_some_and(|v| v.proto == p) {
+                if res.secrets.get(&p.name).is_some_and(|v| v.proto == p) {
                     continue;
                 }
-                match convert::listener(&p, &mut report.warnings) {
+                // A bad secret is rejected alone; the last good one stays in force.
+                match convert::tls::secret(&p, &mut report.warnings) {
                     Ok(m) => {
-                        res.listeners.insert(
+                        res.secrets.insert(
                             p.name.clone(),
                             Versioned {
                                 proto: p,
@@ -191,6 +277,50 @@ impl Store {
                 }
             }
         }
+        if let Some(list) = update.listeners {
+            if update.replace {
+                let names: Vec<&str> = list.iter().map(|l| l.name.as_str()).collect();
+                res.listeners
+                    .retain(|k, v| v.version.is_none() || names.contains(&k.as_str()));
+                res.warming.retain(|k, _| names.contains(&k.as_str()));
+            }
+            for p in list {
+                let same = |v: &Versioned<ListenerProto, Listener>| v.proto == p;
+                if res.warming.get(&p.name).is_some_and(|w| same(&w.listener))
+                    || (!res.warming.contains_key(&p.name) && res.listeners.get(&p.name).is_some_and(same))
+                {
+                    continue;
+                }
+                match convert::listener(&p, &mut report.warnings) {
+                    Ok(m) => {
+                        let dynamic = version.is_some();
+                        let v = Versioned {
+                            proto: p,
+                            model: Arc::new(m),
+                            version: version.clone(),
+                            last_updated: now,
+                        };
+                        let name = v.proto.name.clone();
+                        // As Envoy: a listener whose SDS secrets are not in warms; the version
+                        // it replaces (if any) keeps serving until it is ready.
+                        if dynamic && res.missing_secrets(&v.model).next().is_some() {
+                            res.warming.insert(
+                                name,
+                                Warming {
+                                    listener: v,
+                                    since: Instant::now(),
+                                },
+                            );
+                        } else {
+                            res.warming.remove(&name);
+                            res.listeners.insert(name, v);
+                        }
+                    }
+                    Err(e) => report.rejected.push(e),
+                }
+            }
+        }
+        res.promote_warming(Instant::now());
         if let Some(list) = update.routes {
             if update.replace {
                 let names: Vec<&str> = list.iter().map(|r| r.name.as_str()).collect();
@@ -322,6 +452,20 @@ impl Store {
         report
     }
 
+    /// Activates listeners that have warmed for [`SECRET_WARMING_TIMEOUT`]; called periodically.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let expired = self
+            .current()
+            .resources
+            .warming
+            .values()
+            .any(|w| now.duration_since(w.since) >= SECRET_WARMING_TIMEOUT);
+        if expired {
+            self.apply(Update::default());
+        }
+    }
+
     /// Records the `version_info` of a type (xDS bookkeeping for `/config_dump`).
     pub fn set_version(&self, type_url: &str, version: &str) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -371,8 +515,22 @@ fn build(
         clusters.insert(name.clone(), Arc::new(state));
     }
     stats.retain(|k, _| res.clusters.contains_key(k));
+    let mut tls = HashMap::new();
+    for l in res.listeners.values().map(|v| &v.model) {
+        let mut stats = None;
+        for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+            let Some(ctx) = &chain.tls else { continue };
+            let stats = stats
+                .get_or_insert_with(|| crate::tls::stats_for(&crate::tls::stat_prefix(l.address)))
+                .clone();
+            let prev = previous.tls(ctx).map(|p| p.as_ref());
+            let server = TlsServer::build(ctx, res, stats, prev, warnings);
+            tls.insert(Arc::as_ptr(ctx) as usize, Arc::new(server));
+        }
+    }
     Snapshot {
         generation,
+        tls,
         listeners: res.listeners.values().map(|v| v.model.clone()).collect(),
         routes: res
             .routes

@@ -616,6 +616,9 @@ pub fn envoy_stats_text(snap: &Snapshot, filter: Option<&regex::Regex>) -> Strin
     for (stat, v) in server_stats() {
         lines.push(format!("{stat}: {v}"));
     }
+    for (stat, v) in crate::tls::stats_lines() {
+        lines.push(format!("{stat}: {v}"));
+    }
     lines.retain(|l| filter.is_none_or(|f| f.is_match(l.split(':').next().unwrap_or(""))));
     lines.sort();
     let mut out = lines.join("\n");

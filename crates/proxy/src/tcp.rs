@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::access_log::{self, LogRecord, ResponseFlags};
 use crate::cluster::LbContext;
@@ -79,11 +78,15 @@ pub fn pick_cluster(target: &ClusterTarget) -> Option<&str> {
 }
 
 /// Proxies one downstream connection.
-pub async fn proxy(tp: Arc<TcpProxy>, snap: Arc<Snapshot>, down: TcpStream, meta: ConnMeta) {
+pub async fn proxy<S>(tp: Arc<TcpProxy>, snap: Arc<Snapshot>, down: S, meta: ConnMeta)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let started = Instant::now();
     let mut rec = LogRecord::new(meta.destination, meta.peer);
     rec.connection_id = meta.id;
     rec.requested_server_name = meta.server_name.clone();
+    rec.downstream_tls_version = meta.tls_version;
     let finish = |mut rec: LogRecord, flags: Option<ResponseFlags>| {
         if let Some(f) = flags {
             rec.flags.insert(f);
