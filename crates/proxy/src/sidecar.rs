@@ -14,7 +14,7 @@ use clap::Args;
 use prost::Message;
 use tracing::{error, info, warn};
 
-use xds::client::{ConfigSink, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use xds::client::{ConfigSink, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use xds::pb::envoy::config::core::v3::Node;
 use xds::pb::google::protobuf::{value::Kind, Any, Struct, Value};
 
@@ -345,6 +345,10 @@ impl ConfigSink for StoreSink {
                 update.endpoints = Some(decode_all(resources, &mut errors));
                 ENDPOINT
             }
+            SECRET => {
+                update.secrets = Some(decode_all(resources, &mut errors));
+                SECRET
+            }
             _ => return Err(format!("unsupported type {type_url}")),
         };
         let report = self.store.apply(update);
@@ -385,9 +389,11 @@ impl ConfigSink for StoreSink {
                     _ => None,
                 })
                 .collect(),
+            // Warming listeners need their routes too (Envoy warms on RDS and SDS alike).
             ROUTE => snap
                 .listeners
                 .iter()
+                .chain(snap.resources.warming.values().map(|w| &w.listener.model))
                 .flat_map(|l| l.filter_chains.iter().chain(l.default_filter_chain.iter()))
                 .filter_map(|c| match &c.filter {
                     NetworkFilter::Http(h) => match &h.routes {
@@ -397,6 +403,8 @@ impl ConfigSink for StoreSink {
                     NetworkFilter::Tcp(_) => None,
                 })
                 .collect(),
+            // Active and warming listeners alike: a warming one waits for exactly these.
+            SECRET => snap.resources.secret_names(),
             _ => Vec::new(),
         }
     }

@@ -1,5 +1,5 @@
 //! An ADS client (state of the world), as Envoy's: subscribe to clusters and listeners, then to
-//! the endpoints and routes they name; ACK what applies, NACK what does not (with the reason,
+//! the endpoints, routes and SDS secrets they name; ACK what applies, NACK what does not (with the reason,
 //! keeping the last good version), and reconnect with backoff, re-announcing what it has.
 //!
 //! What to do with resources is up to a [`ConfigSink`]: the proxy applies them to its store.
@@ -19,13 +19,15 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Where configuration goes.
 pub trait ConfigSink: Send + 'static {
     /// Applies one response. `Err(reason)` NACKs it; resources that were valid may still have
     /// been applied (Envoy's partial acceptance).
     fn apply(&mut self, type_url: &str, version: &str, resources: &[Any]) -> Result<(), String>;
-    /// Resource names to subscribe to for `type_url` (routes and endpoints the config names).
+    /// Resource names to subscribe to for `type_url` (routes, endpoints and secrets the config
+    /// names).
     fn wanted(&self, type_url: &str) -> Vec<String>;
 }
 
@@ -130,6 +132,7 @@ impl Client {
                 LISTENER => LISTENER,
                 ROUTE => ROUTE,
                 ENDPOINT => ENDPOINT,
+                SECRET => SECRET,
                 other => {
                     warn!(type_url = %other, "ignoring an unsubscribed resource type");
                     continue;
@@ -151,13 +154,11 @@ impl Client {
             };
             tx.send(request(None, type_url, st, error))
                 .map_err(|e| e.to_string())?;
-            // Follow what the new config names: endpoints of clusters, routes of listeners.
-            let dependent = match type_url {
-                CLUSTER => Some(ENDPOINT),
-                LISTENER => Some(ROUTE),
-                _ => None,
-            };
-            if let Some(dep) = dependent {
+            // Follow what the config names: endpoints of clusters, routes and secrets of
+            // listeners (Envoy asks for SDS secrets while the listener warms). Any response can
+            // change the lists (a secret arriving activates a warming listener), so all are
+            // rechecked; a request goes out only when a list changed.
+            for dep in [ENDPOINT, ROUTE, SECRET] {
                 let mut names = sink.wanted(dep);
                 names.sort();
                 names.dedup();
