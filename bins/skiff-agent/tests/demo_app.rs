@@ -287,6 +287,31 @@ fn httpbin_paths() -> Result<()> {
 }
 
 #[test]
+fn status_cycle_fails_then_recovers_in_turn() -> Result<()> {
+    let app = App::start(
+        &[
+            "--port",
+            "0",
+            "--address",
+            "127.0.0.1",
+            "--status-cycle",
+            "503,503,200",
+        ],
+        &[],
+    )?;
+    let codes: Vec<String> = (0..6)
+        .map(|_| curl(&["-o", "/dev/null", "-w", "%{http_code}", &app.url("/")]))
+        .collect::<Result<_>>()?;
+    assert_eq!(codes, ["503", "503", "200", "503", "503", "200"]);
+    // Other paths keep their own answers and do not advance the cycle.
+    let other = curl(&["-o", "/dev/null", "-w", "%{http_code}", &app.url("/headers")])?;
+    assert_eq!(other, "200");
+    let next = curl(&["-o", "/dev/null", "-w", "%{http_code}", &app.url("/")])?;
+    assert_eq!(next, "503");
+    Ok(())
+}
+
+#[test]
 fn several_ports_dual_stack_and_sigterm() -> Result<()> {
     // No --address: [::] taking IPv4 too; the log shows the IPv4 peer as nginx would.
     let mut app = App::start(&["--port", "0,0", "--name", "n"], &[])?;

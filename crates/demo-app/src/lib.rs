@@ -43,6 +43,10 @@ pub struct DemoAppArgs {
     /// The status code `/` answers with (e.g. 503 for a version that fails).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
     pub status: u16,
+    /// `/` answers these codes in turn, one per request (`503,503,200`: two failures, then a
+    /// success), so retries have something to recover from, deterministically.
+    #[arg(long = "status-cycle", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(200..=599))]
+    pub status_cycle: Vec<u16>,
     /// Listen on this address only [default: every IPv4 and IPv6 address].
     #[arg(long)]
     pub address: Option<IpAddr>,
@@ -56,6 +60,8 @@ pub struct Config {
     pub version: Option<String>,
     pub body: Option<String>,
     pub status: StatusCode,
+    /// Overrides `status` for `/`, request by request, in a cycle.
+    pub status_cycle: Vec<StatusCode>,
     pub address: Option<IpAddr>,
 }
 
@@ -102,12 +108,18 @@ impl DemoAppArgs {
         if self.ports.is_empty() {
             return Err(Error::NoPort);
         }
+        let status_cycle = self
+            .status_cycle
+            .iter()
+            .map(|&c| StatusCode::from_u16(c).map_err(|_| Error::Status(c)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             ports: self.ports.clone(),
             name,
             version: non_empty(self.version.clone()).or_else(|| non_empty(env("VERSION"))),
             body: self.body.clone(),
             status,
+            status_cycle,
             address: self.address,
         })
     }
@@ -154,11 +166,13 @@ impl DemoApp {
     /// Serves until the future is dropped.
     pub async fn serve(self) {
         let mut tasks = tokio::task::JoinSet::new();
+        // Requests to `/` so far, on every port: the position in `--status-cycle`.
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for listener in self.listeners {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, name = %self.config.name, version = self.config.version.as_deref().unwrap_or("-"), "demo-app listening");
             }
-            tasks.spawn(accept_loop(listener, self.config.clone()));
+            tasks.spawn(accept_loop(listener, self.config.clone(), served.clone()));
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -180,7 +194,11 @@ fn listen(addr: SocketAddr, dual_stack: bool) -> Result<std::net::TcpListener, E
     bind().map_err(|source| Error::Bind { addr, source })
 }
 
-async fn accept_loop(listener: TcpListener, config: Arc<Config>) {
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<Config>,
+    served: Arc<std::sync::atomic::AtomicUsize>,
+) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -194,11 +212,13 @@ async fn accept_loop(listener: TcpListener, config: Arc<Config>) {
         };
         let _ = stream.set_nodelay(true);
         let config = config.clone();
+        let served = served.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             // A v4 client on the dual-stack socket shows as ::ffff:a.b.c.d; log it as nginx does.
             let peer = peer.ip().to_canonical();
-            let service = hyper::service::service_fn(move |req| handle(config.clone(), peer, req));
+            let service =
+                hyper::service::service_fn(move |req| handle(config.clone(), served.clone(), peer, req));
             if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
@@ -208,6 +228,7 @@ async fn accept_loop(listener: TcpListener, config: Arc<Config>) {
 
 async fn handle(
     config: Arc<Config>,
+    served: Arc<std::sync::atomic::AtomicUsize>,
     peer: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -219,7 +240,11 @@ async fn handle(
         authority: parts.uri.authority().map(|a| a.as_str()),
         peer,
     };
-    let reply = routes::route(&config, &view, |n| fastrand::usize(..n.max(1)));
+    let mut reply = routes::route(&config, &view, |n| fastrand::usize(..n.max(1)));
+    if !config.status_cycle.is_empty() && matches!(view.path, "/" | "/index.html") {
+        let i = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        reply.status = config.status_cycle[i % config.status_cycle.len()];
+    }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }

@@ -193,6 +193,7 @@ mod tests {
             version: Some("v1".into()),
             body: None,
             status: StatusCode::OK,
+            status_cycle: Vec::new(),
             address: None,
         }
     }
