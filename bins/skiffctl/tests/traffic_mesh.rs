@@ -1,0 +1,555 @@
+//! Seed 004's traffic management end to end in the local mesh, from the examples' manifests:
+//! ingress by host and by prefix with rewrite (from this host through the ingress gateway), HTTPS
+//! with the Secret's certificate, canary routing by header and without the VirtualService, fault
+//! aborts at 80 %, retries recovering from an upstream that fails its first attempts, seed 003's
+//! 6 s delay, and outlier detection. Each runs with Skiff's proxies and with Envoy's, on the same
+//! skiffd, and must give the same results. Three `up`s per proxy keep it short. Needs root (CI
+//! runs as root).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const SKIFFCTL: &str = env!("CARGO_BIN_EXE_skiffctl");
+
+/// A test-only service for outlier detection: two healthy pods and one answering 503, behind one
+/// Service whose DestinationRule ejects after two consecutive 5xx.
+const OUTLIER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: outlier
+  labels:
+    istio-injection: enabled
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: backend-good, namespace: outlier}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: backend, health: good}}
+  template:
+    metadata: {labels: {app: backend, health: good}}
+    spec:
+      containers:
+      - name: backend
+        image: docker.io/skiff/skiff:0.1.0
+        args: [demo-app, --port, "80"]
+        ports: [{containerPort: 80}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: backend-bad, namespace: outlier}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: backend, health: bad}}
+  template:
+    metadata: {labels: {app: backend, health: bad}}
+    spec:
+      containers:
+      - name: backend
+        image: docker.io/skiff/skiff:0.1.0
+        args: [demo-app, --port, "80", --status, "503"]
+        ports: [{containerPort: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: outlier}
+spec:
+  selector: {app: backend}
+  ports: [{name: http, port: 80, targetPort: 80}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: outlier}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      containers:
+      - {name: client, image: curlimages/curl, command: [/bin/sleep, infinity]}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: backend, namespace: outlier}
+spec:
+  host: backend
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 3m
+      maxEjectionPercent: 100
+"#;
+
+/// Which manifests an `up` carries.
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    /// Canary VirtualService, simple by host, demo without delay.
+    Canary,
+    /// Canary without its VirtualService (the DestinationRule stays).
+    NoVirtualService,
+    /// Fault VirtualService with v2 failing its first attempts, simple by `/nginx`, the delay.
+    Fault,
+}
+
+struct Mesh {
+    name: String,
+    dir: PathBuf,
+    manifests: PathBuf,
+}
+
+impl Mesh {
+    fn new(label: &str) -> Mesh {
+        let name = format!("tm{}{label}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("skiff-local-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        Mesh { name, dir, manifests }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(SKIFFCTL)
+            .args(args)
+            .args(["--name", &self.name])
+            .env("SKIFF_LOCAL_DIR", &self.dir)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let mut full = vec!["local"];
+        full.extend_from_slice(args);
+        let out = self.cmd(&full);
+        assert!(
+            out.status.success(),
+            "skiffctl {} failed: {}\n{}\nsupervisor log:\n{}",
+            full.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(self.dir.join(&self.name).join("supervisor.log")).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn exec(&self, ns: &str, pod: &str, cmd: &[&str]) -> Output {
+        Command::new(SKIFFCTL)
+            .args(["local", "exec", "--name", &self.name, "-n", ns, pod, "--"])
+            .args(cmd)
+            .env("SKIFF_LOCAL_DIR", &self.dir)
+            .output()
+            .unwrap()
+    }
+
+    /// `n` GETs of `url` from `pod` in one curl (one connection reused), with `headers`; the
+    /// status code of each, in order.
+    fn codes(&self, ns: &str, pod: &str, headers: &[&str], url: &str, n: usize) -> Vec<u16> {
+        let mut args = vec!["curl", "-s", "--max-time", "10", "-w", "%{http_code}\\n"];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        for _ in 0..n {
+            args.extend(["-o", "/dev/null", url]);
+        }
+        let out = self.exec(ns, pod, &args);
+        let codes: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        assert_eq!(
+            codes.len(),
+            n,
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        codes
+    }
+
+    /// Requests a container's log shows (nginx and demo-app log one line each).
+    fn served(&self, ns: &str, deploy: &str) -> usize {
+        self.ok(&["logs", "-n", ns, &format!("deploy/{deploy}")])
+            .lines()
+            .filter(|l| l.contains("\"GET /") || l.contains("\"HEAD /"))
+            .count()
+    }
+
+    fn up(&self, proxy: &str) -> String {
+        self.ok(&[
+            "up",
+            "-f",
+            self.manifests.to_str().unwrap(),
+            "--proxy",
+            proxy,
+            "--timeout",
+            "150",
+        ])
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["local", "down"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn example(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(path)
+}
+
+/// The objects of a manifest file, each given `namespace` unless it names one (`kubectl apply -n`).
+fn docs(path: &Path, namespace: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    format!("\n{text}")
+        .split("\n---")
+        .map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap())
+        .filter(|v| !v.is_null())
+        .map(|mut v| {
+            if v["kind"] != "Namespace" && v["metadata"].get("namespace").is_none() {
+                v["metadata"]["namespace"] = json!(namespace);
+            }
+            v
+        })
+        .collect()
+}
+
+fn write(dir: &Path, file: &str, docs: &[Value]) {
+    let text: String = docs
+        .iter()
+        .map(|d| format!("---\n{}", serde_yaml_ng::to_string(d).unwrap()))
+        .collect();
+    std::fs::write(dir.join(file), text).unwrap();
+}
+
+/// The examples' manifests for `phase`, in one directory.
+fn stage(mesh: &Mesh, phase: Phase) {
+    let dst = &mesh.manifests;
+    for f in std::fs::read_dir(dst).unwrap().flatten() {
+        if f.path().extension().is_some_and(|e| e == "yaml") && f.file_name() != "credential.yaml" {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    let simple_specs = if phase == Phase::Fault {
+        "simple/nginx-prefix/istio-specs.yaml"
+    } else {
+        "simple/istio-specs.yaml"
+    };
+    for (file, src, ns) in [
+        ("simple-ns.yaml", "simple/namespace.yaml", "simple"),
+        ("simple.yaml", "simple/simple.yaml", "simple"),
+        ("simple-specs.yaml", simple_specs, "simple"),
+        ("canary-ns.yaml", "canary/namespace.yaml", "canary"),
+        ("canary-v1.yaml", "canary/canary-v1.yaml", "canary"),
+        ("toolbox.yaml", "canary/toolbox.yaml", "canary"),
+        ("demo-ns.yaml", "delay/namespace.yaml", "demo"),
+        ("demo.yaml", "delay/demo.yaml", "demo"),
+        ("securesvc-ns.yaml", "securesvc/namespace.yaml", "securesvc"),
+        ("httpserver.yaml", "securesvc/httpserver.yaml", "securesvc"),
+        (
+            "securesvc-specs.yaml",
+            "securesvc/fqdn/istio-specs.yaml",
+            "securesvc",
+        ),
+    ] {
+        write(dst, file, &docs(&example(src), ns));
+    }
+    let mut v2 = docs(&example("canary/canary-v2.yaml"), "canary");
+    let specs = match phase {
+        Phase::Canary => Some("canary/istio-specs.yaml"),
+        Phase::NoVirtualService => None,
+        Phase::Fault => {
+            // v2 fails twice, then answers: what the fault example's retries are for.
+            let c = &mut v2[0]["spec"]["template"]["spec"]["containers"][0];
+            c["image"] = json!("docker.io/skiff/skiff:0.1.0");
+            c["args"] = json!(["demo-app", "--port", "80", "--status-cycle", "503,503,200"]);
+            Some("fault/istio-specs.yaml")
+        }
+    };
+    write(dst, "canary-v2.yaml", &v2);
+    match specs {
+        Some(s) => write(dst, "canary-specs.yaml", &docs(&example(s), "canary")),
+        None => {
+            let dr: Vec<Value> = docs(&example("canary/istio-specs.yaml"), "canary")
+                .into_iter()
+                .filter(|d| d["kind"] == "DestinationRule")
+                .collect();
+            write(dst, "canary-specs.yaml", &dr);
+        }
+    }
+    if phase == Phase::Fault {
+        write(dst, "delay.yaml", &docs(&example("delay/delay.yaml"), "demo"));
+    }
+    std::fs::write(dst.join("outlier.yaml"), OUTLIER).unwrap();
+}
+
+/// The securesvc README's certificate and Secret, made with openssl.
+fn make_credential(mesh: &Mesh) {
+    let key = mesh.dir.join("zhongmingmao.io.key");
+    let crt = mesh.dir.join("zhongmingmao.io.crt");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-sha256", "-nodes", "-days", "365", "-newkey", "rsa:2048",
+        ])
+        .args(["-subj", "/O=zhongmingmao Inc./CN=*.zhongmingmao.io", "-keyout"])
+        .args([&key, Path::new("-out"), &crt])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let encode = |p: &Path| {
+        let out = Command::new("base64").arg("-w0").arg(p).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "zhongmingmao-credential", "namespace": "istio-system"},
+        "data": {"tls.crt": encode(&crt), "tls.key": encode(&key)}});
+    write(&mesh.manifests, "credential.yaml", &[secret]);
+}
+
+/// curl from this host (the ingress gateway's address is reachable from here only).
+fn host_curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `time_total` of one request from the demo client, and its body.
+fn timed(mesh: &Mesh) -> (f64, String) {
+    let out = mesh.exec(
+        "demo",
+        "deploy/client",
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "15",
+            "-w",
+            "\\n%{time_total}",
+            "demo:8080/headers",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, t) = text.rsplit_once('\n').unwrap();
+    (t.trim().parse().unwrap(), body.to_owned())
+}
+
+fn traffic(proxy: &str, label: &str) {
+    let mesh = Mesh::new(label);
+    stage(&mesh, Phase::Canary);
+    make_credential(&mesh);
+    let status = mesh.up(proxy);
+    let host = mesh.ok(&["ingress-host"]).trim().to_owned();
+    assert!(host.starts_with("198.18.255."), "{host}");
+    assert!(status.contains(&format!("INGRESS_HOST={host}")), "{status}");
+    assert!(status.contains("istio-ingressgateway-"), "{status}");
+
+    // Ingress by host: the seed's host reaches nginx, any other gets the gateway's 404.
+    let code = |args: &[&str]| host_curl(&[&["-o", "/dev/null", "-w", "%{http_code}"], args].concat()).0;
+    assert_eq!(code(&["-H", "host: simple.zhongmingmao.io", &host]), "200");
+    assert_eq!(code(&["-H", "host: other.example.com", &host]), "404");
+    assert_eq!(code(&[&host]), "404");
+
+    // HTTPS with the Secret's certificate, h2 by ALPN.
+    let resolve = format!("httpsserver.zhongmingmao.io:443:{host}");
+    let (out, err) = host_curl(&[
+        "-k",
+        "-v",
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+        "https://httpsserver.zhongmingmao.io",
+    ]);
+    assert_eq!(out, "200 2", "{err}");
+    assert!(err.contains("CN=*.zhongmingmao.io"), "{err}");
+
+    // Canary: with the header every request lands on v2, without it every one on v1.
+    let (v1, v2) = (
+        mesh.served("canary", "canary-v1"),
+        mesh.served("canary", "canary-v2"),
+    );
+    let codes = mesh.codes(
+        "canary",
+        "deploy/toolbox",
+        &["user: zhongmingmao"],
+        "http://canary/",
+        200,
+    );
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    assert_eq!(mesh.served("canary", "canary-v2") - v2, 200);
+    assert_eq!(mesh.served("canary", "canary-v1") - v1, 0);
+    let codes = mesh.codes("canary", "deploy/toolbox", &[], "http://canary/", 200);
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    assert_eq!(mesh.served("canary", "canary-v1") - v1, 200);
+    assert_eq!(mesh.served("canary", "canary-v2") - v2, 200);
+
+    // Outlier detection: the 503 pod is ejected and the healthy ones take everything.
+    let bad_before = mesh.served("outlier", "backend-bad");
+    let codes = mesh.codes("outlier", "deploy/client", &[], "http://backend/", 30);
+    let bad_hit = mesh.served("outlier", "backend-bad") - bad_before;
+    assert!(bad_hit >= 2, "the bad pod was in rotation ({bad_hit} requests)");
+    let good_before = mesh.served("outlier", "backend-good");
+    std::thread::sleep(Duration::from_millis(1500));
+    let bad_before = mesh.served("outlier", "backend-bad");
+    let later = mesh.codes("outlier", "deploy/client", &[], "http://backend/", 30);
+    assert!(later.iter().all(|c| *c == 200), "first {codes:?}, then {later:?}");
+    assert_eq!(
+        mesh.served("outlier", "backend-bad"),
+        bad_before,
+        "the ejected pod got traffic"
+    );
+    // The two healthy replicas' logs: `deploy/` reads the first; each got some of the 30.
+    assert!(mesh.served("outlier", "backend-good") > good_before);
+
+    // Baseline for the delay: no VirtualService on demo yet.
+    let (baseline, _) =
+        (0..3)
+            .map(|_| timed(&mesh))
+            .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a });
+    assert!(baseline < 1.0, "{baseline}");
+
+    // Without the VirtualService, the Service's endpoints share the traffic.
+    stage(&mesh, Phase::NoVirtualService);
+    mesh.up(proxy);
+    let (v1, v2) = (
+        mesh.served("canary", "canary-v1"),
+        mesh.served("canary", "canary-v2"),
+    );
+    let codes = mesh.codes(
+        "canary",
+        "deploy/toolbox",
+        &["user: zhongmingmao"],
+        "http://canary/",
+        200,
+    );
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    let (d1, d2) = (
+        mesh.served("canary", "canary-v1") - v1,
+        mesh.served("canary", "canary-v2") - v2,
+    );
+    assert_eq!(d1 + d2, 200);
+    // RANDOM over two endpoints: each gets 100 ± 4.5σ (σ ≈ 7).
+    assert!((68..=132).contains(&d1), "v1 {d1}, v2 {d2}");
+    eprintln!("{proxy}: without the VirtualService v1 {d1}, v2 {d2} of 200");
+
+    // Fault: v1's route aborts 80 %; v2's retries recover from two failures per request.
+    stage(&mesh, Phase::Fault);
+    mesh.up(proxy);
+    let codes = mesh.codes("canary", "deploy/toolbox", &[], "http://canary/", 500);
+    let aborted = codes.iter().filter(|c| **c == 500).count();
+    assert_eq!(
+        aborted + codes.iter().filter(|c| **c == 200).count(),
+        500,
+        "{codes:?}"
+    );
+    // Binomial(500, 0.8): mean 400, σ ≈ 8.9; 4.5σ either side.
+    assert!((360..=440).contains(&aborted), "{aborted} of 500 aborted");
+    eprintln!(
+        "{proxy}: {aborted} of 500 aborted ({:.1} %)",
+        aborted as f64 / 5.0
+    );
+
+    let v2 = mesh.served("canary", "canary-v2");
+    let codes = mesh.codes(
+        "canary",
+        "deploy/toolbox",
+        &["user: zhongmingmao"],
+        "http://canary/",
+        30,
+    );
+    assert!(
+        codes.iter().all(|c| *c == 200),
+        "retries did not recover: {codes:?}"
+    );
+    assert_eq!(
+        mesh.served("canary", "canary-v2") - v2,
+        90,
+        "three attempts per request"
+    );
+    // `x-envoy-max-retries` is a client control Envoy takes only from trusted clients: on a
+    // sidecar's outbound (no `use_remote_address`) that means exactly one internal
+    // `x-forwarded-for` hop. From a bare curl it is ignored and the retries go on...
+    let codes = mesh.codes(
+        "canary",
+        "deploy/toolbox",
+        &["user: zhongmingmao", "x-envoy-max-retries: 0"],
+        "http://canary/",
+        30,
+    );
+    assert!(
+        codes.iter().all(|c| *c == 200),
+        "untrusted header honoured: {codes:?}"
+    );
+    assert_eq!(mesh.served("canary", "canary-v2") - v2, 180);
+    // ...from a trusted one it stops them: the cycle's two failures reach the client.
+    let codes = mesh.codes(
+        "canary",
+        "deploy/toolbox",
+        &[
+            "user: zhongmingmao",
+            "x-envoy-max-retries: 0",
+            "x-forwarded-for: 198.18.0.1",
+        ],
+        "http://canary/",
+        30,
+    );
+    assert_eq!(codes.iter().filter(|c| **c == 503).count(), 20, "{codes:?}");
+    assert_eq!(
+        mesh.served("canary", "canary-v2") - v2,
+        210,
+        "one attempt per request"
+    );
+
+    // Ingress by prefix: `/` no longer matches, `/nginx` reaches nginx as `/`.
+    assert_eq!(code(&["-H", "host: simple.zhongmingmao.io", &host]), "404");
+    assert_eq!(
+        code(&["-H", "host: simple.zhongmingmao.io", &format!("{host}/nginx")]),
+        "200"
+    );
+    let log = mesh.ok(&["logs", "-n", "simple", "deploy/simple", "--tail", "1"]);
+    assert!(log.contains("\"GET / HTTP/1.1\" 200"), "{log}");
+
+    // Seed 003's delay: the response is held 6 s, and the app saw the added header.
+    let (delayed, body) = timed(&mesh);
+    assert!(body.contains("\"Proxy\": \"xx1\""), "{body}");
+    assert!(
+        delayed - baseline >= 5.9 && delayed < 9.0,
+        "{delayed} s vs {baseline} s"
+    );
+    eprintln!("{proxy}: delayed {delayed:.3} s, baseline {baseline:.3} s");
+
+    mesh.ok(&["down"]);
+    // The host end of the /30 (the node end minus one) is gone with the link.
+    let host_end = std::net::Ipv4Addr::from(u32::from(host.parse::<std::net::Ipv4Addr>().unwrap()) - 1);
+    let addrs = Command::new("ip").args(["-4", "-o", "addr"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&addrs.stdout).contains(&format!("{host_end}/30")),
+        "the ingress link is left"
+    );
+}
+
+#[test]
+fn traffic_management_with_skiff() {
+    traffic("skiff", "s");
+}
+
+#[test]
+fn traffic_management_with_envoy() {
+    traffic("envoy", "e");
+}
