@@ -369,6 +369,10 @@ impl ConfigSink for StoreSink {
         if let Some(c) = counter {
             c.fetch_add(1, Relaxed);
         }
+        if matches!(t, CLUSTER | LISTENER) {
+            // A full CDS/LDS push is decoded into temporaries the size of the config; give them back.
+            crate::server::trim_heap();
+        }
         self.seen.insert(t);
         self.check_ready();
         if errors.is_empty() {
