@@ -590,6 +590,148 @@ fn skiff_answers_like_envoy() {
     );
 }
 
+// === strip_any_host_port / strip_matching_host_port ===
+
+/// Three listeners on one route table: `strip_any_host_port`, `strip_matching_host_port`, and
+/// neither. `strip.test` is the only virtual host.
+fn strip_bootstrap(ports: [u16; 3], admin: u16, a: &Echo) -> String {
+    let listener = |name: &str, port: u16, mode: &str| {
+        format!(
+            r#"
+  - name: {name}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          {mode}
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {{ text_format_source: {{ inline_string: "{LOG}" }} }}
+          route_config:
+            name: strip_routes
+            virtual_hosts:
+            - name: strip
+              domains: ["strip.test"]
+              routes:
+              - name: all
+                match: {{ prefix: "/" }}
+                route: {{ cluster: a }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
+        )
+    };
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:{any}{matching}{none}
+  clusters:
+  - name: a
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: a, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {pa} }} }} }} }}] }}] }}
+"#,
+        any = listener("any", ports[0], "strip_any_host_port: true"),
+        matching = listener("matching", ports[1], "strip_matching_host_port: true"),
+        none = listener("none", ports[2], ""),
+        pa = a.addr.port(),
+    )
+}
+
+#[test]
+fn strips_host_port_like_envoy() {
+    let a = Echo::local("a");
+    let sides: Vec<(ProxyProc, [u16; 3])> = [Kind::Envoy, Kind::Skiff]
+        .into_iter()
+        .map(|kind| {
+            let ports = [free_port(), free_port(), free_port()];
+            let admin = free_port();
+            let cfg = strip_bootstrap(ports, admin, &a);
+            let mut proc = match kind {
+                Kind::Skiff => ProxyProc::skiff(BIN, &cfg, admin),
+                Kind::Envoy => ProxyProc::envoy(&cfg, admin),
+            };
+            proc.wait_ready();
+            (proc, ports)
+        })
+        .collect();
+    // `{port}` is the listener's own port (what strip_matching_host_port compares with).
+    let hosts = [
+        "strip.test",
+        "strip.test:{port}",
+        "strip.test:80",
+        "STRIP.test:80",
+        "strip.test:",
+        "strip.test:http",
+        "strip.test:99999999999",
+        "[::1]:{port}",
+        "other.test:80",
+    ];
+    let client = Client::http1();
+    let (mut diffs, mut table, mut lines) = (Vec::new(), Vec::new(), 0);
+    for host in hosts {
+        for (l, listener) in ["any", "matching", "none"].into_iter().enumerate() {
+            lines += 1;
+            let mut results = Vec::new();
+            for (proc, ports) in &sides {
+                let port = ports[l];
+                let h = host.replace("{port}", &port.to_string());
+                let reply = client
+                    .get(&format!("http://127.0.0.1:{port}/p"), &[("host", &h)])
+                    .unwrap_or_else(|e| panic!("{listener} {h}: {e}"));
+                let log = proc
+                    .wait_log_lines(lines)
+                    .get(lines - 1)
+                    .cloned()
+                    .unwrap_or_default();
+                // The listener ports differ between the two proxies.
+                let seen = format!("{:?} {:?}", observe(&reply), log_fields(&log))
+                    .replace(&port.to_string(), "{port}");
+                results.push((
+                    reply.status,
+                    reply.echoed().and_then(|e| e.headers.get("host").cloned()),
+                    seen,
+                ));
+            }
+            let (e, s) = (&results[0], &results[1]);
+            table.push(format!(
+                "| {listener} | {host} | {} | {} | {} |",
+                e.0,
+                e.1.as_deref().unwrap_or("-"),
+                if e == s { "same" } else { "DIFFERENT" }
+            ));
+            if e != s {
+                diffs.push(format!("== {listener} {host}\n envoy: {}\n skiff: {}", e.2, s.2));
+            }
+        }
+    }
+    println!(
+        "| listener | Host | status | upstream Host | |\n{}",
+        table.join("\n")
+    );
+    assert!(diffs.is_empty(), "differ from Envoy:\n{}", diffs.join("\n"));
+    // The semantics themselves, not only agreement.
+    let row = |listener: &str, host: &str| {
+        table
+            .iter()
+            .find(|r| r.starts_with(&format!("| {listener} | {host} |")))
+            .cloned()
+            .unwrap()
+    };
+    assert!(row("any", "strip.test:80").contains("| 200 | strip.test |"));
+    assert!(row("matching", "strip.test:{port}").contains("| 200 | strip.test |"));
+    assert!(row("matching", "strip.test:80").contains("| 404 |"));
+    assert!(row("none", "strip.test:80").contains("| 404 |"));
+    assert!(row("any", "strip.test:http").contains("| 404 |"));
+}
+
 // === Traffic management (VirtualService / DestinationRule shapes Istio emits) ===
 
 mod support;

@@ -816,6 +816,19 @@ fn http_connection_manager(
             ctx.unsupported(&format!("{field}.{f}"));
         }
     }
+    // Envoy refuses both set, even `strip_any_host_port: false` (it checks for presence).
+    use hcm::http_connection_manager::StripPortMode;
+    let strip_port = match (c.strip_matching_host_port, &c.strip_port_mode) {
+        (true, Some(_)) => {
+            return Err(ctx.err(
+                field,
+                "only one of strip_matching_host_port or strip_any_host_port can be set",
+            ))
+        }
+        (true, None) => StripPort::Matching,
+        (false, Some(StripPortMode::StripAnyHostPort(true))) => StripPort::Any,
+        (false, _) => StripPort::None,
+    };
     Ok(HttpConnectionManager {
         stat_prefix: c.stat_prefix.clone(),
         routes,
@@ -869,6 +882,7 @@ fn http_connection_manager(
         },
         access_logs: access_logs(ctx, &format!("{field}.access_log"), &c.access_log)?,
         http_filters,
+        strip_port,
     })
 }
 

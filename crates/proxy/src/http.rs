@@ -847,6 +847,30 @@ fn downstream_ip(
         .unwrap_or(peer)
 }
 
+/// Envoy's `HeaderUtility::stripPortFromHost`: `host:port` → `host` when the port is numeric
+/// (and, for `Matching`, equal to the connection's local port). CONNECT keeps its port (RFC
+/// 9110 needs host:port); a colon inside `[...]` (an IPv6 literal) is no port.
+fn strip_host_port(authority: &str, method: &Method, mode: StripPort, local_port: u16) -> Option<String> {
+    if mode == StripPort::None || method == Method::CONNECT {
+        return None;
+    }
+    let colon = authority.rfind(':')?;
+    if authority.rfind(']').is_some_and(|end| end > colon) {
+        return None;
+    }
+    // absl::SimpleAtoi: surrounding ASCII space and a `+` sign allowed, digits, fits in u32.
+    let digits = authority[colon + 1..].trim_matches(|c: char| c.is_ascii_whitespace());
+    let digits = digits.strip_prefix('+').unwrap_or(digits);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port: u32 = digits.parse().ok()?;
+    if mode == StripPort::Matching && port != u32::from(local_port) {
+        return None;
+    }
+    Some(authority[..colon].to_owned())
+}
+
 /// Routes and forwards one request; `extra` collects headers for whatever response results.
 async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Extra) -> Response<ResBody> {
     let started = Instant::now();
@@ -869,6 +893,23 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
                 .map(str::to_owned)
         })
         .unwrap_or_default();
+    // `strip_*_host_port`: before routing, and what goes upstream (Envoy rewrites the header).
+    let authority = match strip_host_port(
+        &authority,
+        &parts.method,
+        hcm.strip_port,
+        ctx.meta.destination.port(),
+    ) {
+        Some(stripped) => {
+            if let Ok(v) = HeaderValue::from_str(&stripped) {
+                if parts.headers.contains_key(HOST) {
+                    parts.headers.insert(HOST, v);
+                }
+            }
+            stripped
+        }
+        None => authority,
+    };
     let path = parts
         .uri
         .path_and_query()
@@ -1965,3 +2006,30 @@ fn local_reply_full(
 
 /// The snapshot type handlers see (kept here so tests can build one).
 pub type SnapshotRef = Arc<Snapshot>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports_as_envoy() {
+        let get = Method::GET;
+        let any = |a: &str| strip_host_port(a, &get, StripPort::Any, 8080);
+        let matching = |a: &str| strip_host_port(a, &get, StripPort::Matching, 8080);
+        assert_eq!(any("example.com:80").as_deref(), Some("example.com"));
+        assert_eq!(any("example.com:8080").as_deref(), Some("example.com"));
+        assert_eq!(any("example.com"), None);
+        assert_eq!(any("example.com:"), None);
+        assert_eq!(any("example.com:http"), None);
+        assert_eq!(any("example.com:99999999999"), None);
+        assert_eq!(any("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(any("[::1]"), None);
+        assert_eq!(matching("example.com:8080").as_deref(), Some("example.com"));
+        assert_eq!(matching("example.com:80"), None);
+        assert_eq!(strip_host_port("example.com:80", &get, StripPort::None, 80), None);
+        assert_eq!(
+            strip_host_port("example.com:443", &Method::CONNECT, StripPort::Any, 443),
+            None
+        );
+    }
+}

@@ -215,6 +215,21 @@ pub struct HttpConnectionManager {
     /// Empty for most sidecar listeners of a mesh without VirtualService faults/CORS: the
     /// request path then never looks at per-filter configuration.
     pub http_filters: Vec<HttpFilter>,
+    /// `strip_matching_host_port` / `strip_any_host_port`: the `:port` taken off the Host /
+    /// authority before routing and in what is forwarded.
+    pub strip_port: StripPort,
+}
+
+/// Envoy's `StripPortType`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StripPort {
+    /// Neither option: the authority stays as sent.
+    #[default]
+    None,
+    /// `strip_matching_host_port`: only a port equal to the connection's local port.
+    Matching,
+    /// `strip_any_host_port`: any numeric port.
+    Any,
 }
 
 /// An HTTP filter Skiff runs before the router. `name` is the filter's configured name, the
