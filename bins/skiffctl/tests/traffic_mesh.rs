@@ -1,6 +1,9 @@
 //! Seed 004's traffic management end to end in the local mesh, from the examples' manifests:
-//! ingress by host and by prefix with rewrite (from this host through the ingress gateway), HTTPS
-//! with the Secret's certificate, canary routing by header and without the VirtualService, fault
+//! ingress by host (also as `host:port`) and by prefix with rewrite (from this host through the
+//! ingress gateway), HTTPS for two hosts on one port each with its Secret's certificate, canary
+//! routing by header with each subset's load-balancing policy seen in the order of upstream pods
+//! (ROUND_ROBIN alternates, RANDOM does not), the subset clusters and the VirtualService in
+//! `proxy-config`, canary without the VirtualService, fault
 //! aborts at 80 %, retries recovering from an upstream that fails its first attempts, seed 003's
 //! 6 s delay, and outlier detection. Each runs with Skiff's proxies and with Envoy's, on the same
 //! skiffd, and must give the same results. Three `up`s per proxy keep it short. Needs root (CI
@@ -172,12 +175,77 @@ impl Mesh {
         codes
     }
 
-    /// Requests a container's log shows (nginx and demo-app log one line each).
-    fn served(&self, ns: &str, deploy: &str) -> usize {
-        self.ok(&["logs", "-n", ns, &format!("deploy/{deploy}")])
+    /// The pods of a Deployment (`NAME-…`) in `ns`: name and IP, from `local status`.
+    fn pods(&self, ns: &str, deploy: &str) -> Vec<(String, String)> {
+        let status = self.ok(&["status"]);
+        let pods: Vec<(String, String)> = status
             .lines()
-            .filter(|l| l.contains("\"GET /") || l.contains("\"HEAD /"))
-            .count()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|c| c.len() >= 7 && c[0] == ns && c[1].starts_with(&format!("{deploy}-")))
+            .map(|c| (c[1].to_owned(), c[6].to_owned()))
+            .collect();
+        assert!(!pods.is_empty(), "no pods of {ns}/{deploy}:\n{status}");
+        pods
+    }
+
+    /// Requests the app containers of every pod of a Deployment logged (nginx and demo-app log
+    /// one line each).
+    fn served(&self, ns: &str, deploy: &str) -> usize {
+        self.pods(ns, deploy)
+            .iter()
+            .map(|(pod, _)| {
+                self.ok(&["logs", "-n", ns, pod])
+                    .lines()
+                    .filter(|l| l.contains("\"GET /") || l.contains("\"HEAD /"))
+                    .count()
+            })
+            .sum()
+    }
+
+    /// The upstream host (`IP:PORT`) of each request the client's sidecar logged for `cluster`,
+    /// in order, once at least `n` are there (access logs are flushed about every second).
+    fn upstreams(&self, ns: &str, client: &str, cluster: &str, n: usize) -> Vec<String> {
+        let mut hosts = Vec::new();
+        for _ in 0..50 {
+            let log = self.ok(&["logs", "-n", ns, client, "-c", "istio-proxy"]);
+            // Istio's format: … "AUTHORITY" "UPSTREAM_HOST" UPSTREAM_CLUSTER …
+            hosts = log
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let i = f.iter().position(|t| *t == cluster)?;
+                    Some(f.get(i.checked_sub(1)?)?.trim_matches('"').to_owned())
+                })
+                .collect();
+            if hosts.len() >= n {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            hosts.len() >= n,
+            "{} of {n} requests to {cluster} logged",
+            hosts.len()
+        );
+        hosts
+    }
+
+    /// `skiffctl proxy-config …` against this mesh.
+    fn proxy_config(&self, args: &[&str]) -> String {
+        let out = Command::new(SKIFFCTL)
+            .arg("proxy-config")
+            .args(args)
+            .args(["--mesh", &self.name])
+            .env("SKIFF_LOCAL_DIR", &self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "proxy-config {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn up(&self, proxy: &str) -> String {
@@ -248,21 +316,37 @@ fn stage(mesh: &Mesh, phase: Phase) {
         ("simple.yaml", "simple/simple.yaml", "simple"),
         ("simple-specs.yaml", simple_specs, "simple"),
         ("canary-ns.yaml", "canary/namespace.yaml", "canary"),
-        ("canary-v1.yaml", "canary/canary-v1.yaml", "canary"),
         ("toolbox.yaml", "canary/toolbox.yaml", "canary"),
         ("demo-ns.yaml", "delay/namespace.yaml", "demo"),
         ("demo.yaml", "delay/demo.yaml", "demo"),
         ("securesvc-ns.yaml", "securesvc/namespace.yaml", "securesvc"),
         ("httpserver.yaml", "securesvc/httpserver.yaml", "securesvc"),
-        (
-            "securesvc-specs.yaml",
-            "securesvc/fqdn/istio-specs.yaml",
-            "securesvc",
-        ),
     ] {
         write(dst, file, &docs(&example(src), ns));
     }
+    // Two replicas per version, so the subsets' load balancers have a choice: v1 RANDOM (the
+    // DestinationRule's default), v2 ROUND_ROBIN (its subset override).
+    let mut v1 = docs(&example("canary/canary-v1.yaml"), "canary");
+    v1[0]["spec"]["replicas"] = json!(2);
+    write(dst, "canary-v1.yaml", &v1);
     let mut v2 = docs(&example("canary/canary-v2.yaml"), "canary");
+    v2[0]["spec"]["replicas"] = json!(2);
+    // A second HTTPS host on the same 443 with its own certificate (Secret from make_credential).
+    let mut secure = docs(&example("securesvc/fqdn/istio-specs.yaml"), "securesvc");
+    let gw = secure.iter_mut().find(|d| d["kind"] == "Gateway").unwrap();
+    gw["spec"]["servers"].as_array_mut().unwrap().push(json!({
+        "hosts": [SECOND_HOST],
+        "port": {"name": "https-second", "number": 443, "protocol": "HTTPS"},
+        "tls": {"mode": "SIMPLE", "credentialName": "second-credential"},
+    }));
+    secure.push(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+        "metadata": {"name": "second", "namespace": "securesvc"},
+        "spec": {"gateways": ["httpsserver"], "hosts": [SECOND_HOST],
+            "http": [{"route": [{"destination": {"host": "httpserver.securesvc.svc.cluster.local",
+                "port": {"number": 80}}}]}]},
+    }));
+    write(dst, "securesvc-specs.yaml", &secure);
     let specs = match phase {
         Phase::Canary => Some("canary/istio-specs.yaml"),
         Phase::NoVirtualService => None,
@@ -271,6 +355,8 @@ fn stage(mesh: &Mesh, phase: Phase) {
             let c = &mut v2[0]["spec"]["template"]["spec"]["containers"][0];
             c["image"] = json!("docker.io/skiff/skiff:0.1.0");
             c["args"] = json!(["demo-app", "--port", "80", "--status-cycle", "503,503,200"]);
+            // One pod: the cycle is per pod, and the retries' count below assumes one.
+            v2[0]["spec"]["replicas"] = json!(1);
             Some("fault/istio-specs.yaml")
         }
     };
@@ -291,27 +377,45 @@ fn stage(mesh: &Mesh, phase: Phase) {
     std::fs::write(dst.join("outlier.yaml"), OUTLIER).unwrap();
 }
 
-/// The securesvc README's certificate and Secret, made with openssl.
+/// The second HTTPS host on the gateway's 443, with its own certificate.
+const SECOND_HOST: &str = "second.skiff.test";
+
+/// The securesvc README's certificate and Secret, made with openssl, and a second one for
+/// SECOND_HOST.
 fn make_credential(mesh: &Mesh) {
-    let key = mesh.dir.join("zhongmingmao.io.key");
-    let crt = mesh.dir.join("zhongmingmao.io.crt");
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-sha256", "-nodes", "-days", "365", "-newkey", "rsa:2048",
-        ])
-        .args(["-subj", "/O=zhongmingmao Inc./CN=*.zhongmingmao.io", "-keyout"])
-        .args([&key, Path::new("-out"), &crt])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let encode = |p: &Path| {
-        let out = Command::new("base64").arg("-w0").arg(p).output().unwrap();
-        String::from_utf8(out.stdout).unwrap()
+    let secret = |name: &str, subject: &str, file: &str| {
+        let key = mesh.dir.join(format!("{file}.key"));
+        let crt = mesh.dir.join(format!("{file}.crt"));
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-sha256", "-nodes", "-days", "365", "-newkey", "rsa:2048",
+            ])
+            .args(["-subj", subject, "-keyout"])
+            .args([&key, Path::new("-out"), &crt])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let encode = |p: &Path| {
+            let out = Command::new("base64").arg("-w0").arg(p).output().unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": "istio-system"},
+            "data": {"tls.crt": encode(&crt), "tls.key": encode(&key)}})
     };
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"name": "zhongmingmao-credential", "namespace": "istio-system"},
-        "data": {"tls.crt": encode(&crt), "tls.key": encode(&key)}});
-    write(&mesh.manifests, "credential.yaml", &[secret]);
+    let secrets = [
+        secret(
+            "zhongmingmao-credential",
+            "/O=zhongmingmao Inc./CN=*.zhongmingmao.io",
+            "zhongmingmao.io",
+        ),
+        secret(
+            "second-credential",
+            &format!("/O=Skiff second/CN={SECOND_HOST}"),
+            "second",
+        ),
+    ];
+    write(&mesh.manifests, "credential.yaml", &secrets);
 }
 
 /// curl from this host (the ingress gateway's address is reachable from here only).
@@ -362,22 +466,31 @@ fn traffic(proxy: &str, label: &str) {
     assert_eq!(code(&["-H", "host: simple.zhongmingmao.io", &host]), "200");
     assert_eq!(code(&["-H", "host: other.example.com", &host]), "404");
     assert_eq!(code(&[&host]), "404");
+    // `host:port` matches the host's virtual host (Istio's gateway routes ignore the port).
+    assert_eq!(code(&["-H", "host: simple.zhongmingmao.io:80", &host]), "200");
 
-    // HTTPS with the Secret's certificate, h2 by ALPN.
-    let resolve = format!("httpsserver.zhongmingmao.io:443:{host}");
-    let (out, err) = host_curl(&[
-        "-k",
-        "-v",
-        "--resolve",
-        &resolve,
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{http_version}",
-        "https://httpsserver.zhongmingmao.io",
-    ]);
-    assert_eq!(out, "200 2", "{err}");
-    assert!(err.contains("CN=*.zhongmingmao.io"), "{err}");
+    // HTTPS on one port, two hosts: each SNI gets its own Secret's certificate, h2 by ALPN.
+    for (sni, cn, other) in [
+        ("httpsserver.zhongmingmao.io", "CN=*.zhongmingmao.io", SECOND_HOST),
+        (SECOND_HOST, &*format!("CN={SECOND_HOST}"), "zhongmingmao"),
+    ] {
+        let resolve = format!("{sni}:443:{host}");
+        let (out, err) = host_curl(&[
+            "-k",
+            "-v",
+            "--resolve",
+            &resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            &format!("https://{sni}"),
+        ]);
+        assert_eq!(out, "200 2", "{sni}: {err}");
+        let subject = err.lines().find(|l| l.contains(" subject: ")).unwrap_or_default();
+        assert!(subject.contains(cn), "{sni}: {subject}\n{err}");
+        assert!(!subject.contains(other), "{sni}: {subject}");
+    }
 
     // Canary: with the header every request lands on v2, without it every one on v1.
     let (v1, v2) = (
@@ -394,10 +507,75 @@ fn traffic(proxy: &str, label: &str) {
     assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
     assert_eq!(mesh.served("canary", "canary-v2") - v2, 200);
     assert_eq!(mesh.served("canary", "canary-v1") - v1, 0);
+    // v2's subset is ROUND_ROBIN: over its two pods the 200 requests (one connection, so one
+    // worker's balancer) strictly alternate, 100 each.
+    let pods_of = |deploy: &str| -> Vec<String> {
+        mesh.pods("canary", deploy)
+            .into_iter()
+            .map(|(_, ip)| format!("{ip}:80"))
+            .collect()
+    };
+    let (v1_pods, v2_pods) = (pods_of("canary-v1"), pods_of("canary-v2"));
+    assert_eq!((v1_pods.len(), v2_pods.len()), (2, 2), "{v1_pods:?} {v2_pods:?}");
+    let subset = |s: &str| format!("outbound|80|{s}|canary.canary.svc.cluster.local");
+    let seq = mesh.upstreams("canary", "deploy/toolbox", &subset("v2"), 200);
+    let seq = &seq[seq.len() - 200..];
+    let switches = |seq: &[String]| seq.windows(2).filter(|w| w[0] != w[1]).count();
+    let count = |seq: &[String], ep: &str| seq.iter().filter(|h| *h == ep).count();
+    assert_eq!(switches(seq), 199, "ROUND_ROBIN alternates: {seq:?}");
+    assert_eq!(
+        v2_pods.iter().map(|p| count(seq, p)).collect::<Vec<_>>(),
+        [100, 100],
+        "{seq:?}"
+    );
     let codes = mesh.codes("canary", "deploy/toolbox", &[], "http://canary/", 200);
     assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
     assert_eq!(mesh.served("canary", "canary-v1") - v1, 200);
     assert_eq!(mesh.served("canary", "canary-v2") - v2, 200);
+    // v1's subset keeps the DestinationRule's RANDOM: each pod's share is Binomial(200, ½)
+    // (100 ± 4.5σ, σ ≈ 7.1) and consecutive requests change pods Binomial(199, ½) times
+    // (99.5 ± 4.5σ) — a round robin would alternate all 199 times.
+    let seq = mesh.upstreams("canary", "deploy/toolbox", &subset("v1"), 200);
+    let seq = &seq[seq.len() - 200..];
+    let shares: Vec<usize> = v1_pods.iter().map(|p| count(seq, p)).collect();
+    assert_eq!(shares.iter().sum::<usize>(), 200, "{seq:?}");
+    assert!(
+        shares.iter().all(|n| (68..=132).contains(n)),
+        "RANDOM shares {shares:?}"
+    );
+    let changes = switches(seq);
+    assert!(
+        (68..=131).contains(&changes),
+        "RANDOM changed pods {changes} of 199 times"
+    );
+    eprintln!("{proxy}: v2 ROUND_ROBIN 100/100 alternating; v1 RANDOM {shares:?}, {changes} changes of 199");
+
+    // What istioctl shows for it: the subset clusters with their DestinationRule, the route with
+    // its VirtualService.
+    let clusters = mesh.proxy_config(&[
+        "cluster",
+        "deploy/toolbox",
+        "-n",
+        "canary",
+        "--fqdn",
+        "canary.canary.svc.cluster.local",
+    ]);
+    for s in ["v1", "v2"] {
+        assert!(
+            clusters.lines().any(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                c.len() >= 6 && c[2] == s && c[3] == "outbound" && c[5] == "canary.canary"
+            }),
+            "{s}: {clusters}"
+        );
+    }
+    let routes = mesh.proxy_config(&["route", "deploy/toolbox", "-n", "canary", "--name", "80"]);
+    assert!(
+        routes.lines().any(|l| l.starts_with("80 ")
+            && l.contains("canary.canary.svc.cluster.local")
+            && l.trim_end().ends_with("canary.canary")),
+        "{routes}"
+    );
 
     // Outlier detection: the 503 pod is ejected and the healthy ones take everything.
     let bad_before = mesh.served("outlier", "backend-bad");
