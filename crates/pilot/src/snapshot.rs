@@ -365,14 +365,52 @@ fn from_endpoints(e: &Endpoints, ns: &str, pods: &BTreeMap<(String, String), Arc
     out
 }
 
-/// Endpoints from the ready pods a Service selects (what the endpoints controller would write).
-fn from_pods(svc: &ServiceInfo, pods: &BTreeMap<(String, String), Arc<Pod>>) -> Vec<Endpoint> {
-    let mut out = Vec::new();
-    // Pods are keyed by (namespace, name): only this namespace's range is looked at.
-    for ((ns, _), pod) in pods.range((svc.namespace.clone(), String::new())..) {
-        if *ns != svc.namespace {
-            break;
+/// Pods by namespace and one label pair, so a Service's selector is matched against the pods
+/// carrying its first label only (a full scan per Service is quadratic: 1,000 Services × 3,000
+/// pods of one namespace took ~0.3 s of CPU per registry change).
+/// label value → the pods carrying it, for one namespace and label key.
+type ByValue<'a> = HashMap<&'a str, Vec<&'a Arc<Pod>>>;
+
+struct PodIndex<'a> {
+    /// namespace → label key → label value → pods.
+    by_label: HashMap<&'a str, HashMap<&'a str, ByValue<'a>>>,
+}
+
+impl<'a> PodIndex<'a> {
+    fn new(pods: &'a BTreeMap<(String, String), Arc<Pod>>) -> PodIndex<'a> {
+        let mut by_label: HashMap<&str, HashMap<&str, ByValue<'a>>> = HashMap::new();
+        // BTreeMap order: each list stays sorted by pod name, as the scan was.
+        for ((ns, _), pod) in pods {
+            let labels = by_label.entry(ns.as_str()).or_default();
+            for (k, v) in &pod.metadata.labels {
+                labels
+                    .entry(k.as_str())
+                    .or_default()
+                    .entry(v.as_str())
+                    .or_default()
+                    .push(pod);
+            }
         }
+        PodIndex { by_label }
+    }
+
+    /// Pods of `namespace` that may match `selector` (all of them carry its first pair).
+    fn candidates(&self, namespace: &str, selector: &BTreeMap<String, String>) -> &[&'a Arc<Pod>] {
+        selector
+            .iter()
+            .next()
+            .and_then(|(k, v)| self.by_label.get(namespace)?.get(k.as_str())?.get(v.as_str()))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Endpoints from the ready pods a Service selects (what the endpoints controller would write).
+fn from_pods(svc: &ServiceInfo, pods: &PodIndex<'_>) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    let Some(selector) = svc.selector.as_ref() else {
+        return out;
+    };
+    for pod in pods.candidates(&svc.namespace, selector) {
         if !svc.selects(&pod.metadata.labels) || !pod.is_ready() {
             continue;
         }
@@ -388,7 +426,7 @@ fn from_pods(svc: &ServiceInfo, pods: &BTreeMap<(String, String), Arc<Pod>>) -> 
                     port_name: p.name.clone(),
                     ready: true,
                     labels: pod.metadata.labels.clone(),
-                    pod: Some(pod.clone()),
+                    pod: Some((*pod).clone()),
                 });
             }
         }
@@ -447,6 +485,7 @@ impl Snapshot {
             (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
         let mut known: BTreeSet<(String, String)> = BTreeSet::new();
+        let pod_index = PodIndex::new(&snap.pods);
         for s in services_raw {
             let ns = s.metadata.namespace.clone().unwrap_or_default();
             let name = s.metadata.name.clone();
@@ -484,7 +523,7 @@ impl Snapshot {
             } else if let Some(e) = endpoints.get(&key) {
                 from_endpoints(e, &ns, &snap.pods)
             } else {
-                from_pods(&info, &snap.pods)
+                from_pods(&info, &pod_index)
             };
             snap.services.push(Arc::new(info));
         }
