@@ -52,6 +52,13 @@ pub struct DiscoveryFlags {
     /// listed as ignored.
     #[arg(long = "mesh-config", alias = "meshConfig")]
     pub mesh_config: Option<PathBuf>,
+    /// Quiet period before a push: changes arriving within it are merged (istiod's
+    /// `PILOT_DEBOUNCE_AFTER`, a Go duration).
+    #[arg(long = "debounce-after", env = "PILOT_DEBOUNCE_AFTER", default_value = "100ms", value_parser = api::duration::parse)]
+    pub debounce_after: std::time::Duration,
+    /// Longest a push waits while changes keep arriving (`PILOT_DEBOUNCE_MAX`).
+    #[arg(long = "debounce-max", env = "PILOT_DEBOUNCE_MAX", default_value = "1s", value_parser = api::duration::parse)]
+    pub debounce_max: std::time::Duration,
 }
 
 #[derive(Args, Debug)]

@@ -78,7 +78,10 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 xds_addr: d.xds_addr,
                 monitoring_addr: d.monitoring_addr,
                 mesh,
-                debounce: Default::default(),
+                debounce: xds::server::Debounce {
+                    quiet: d.debounce_after,
+                    max: d.debounce_max,
+                },
             };
             let cp = pilot::app::ControlPlane::start(config, source).await?;
             tracing::info!(xds = %cp.xds_addr, monitoring = %cp.monitoring_addr, "discovery serving");
