@@ -122,6 +122,12 @@ impl ResponseFlags {
         }
     }
 
+    /// Bits and insertion order: equal values print the same short string, so this can key
+    /// caches of label values without formatting the flags.
+    pub fn raw(self) -> (u32, u64, u8) {
+        (self.bits, self.order, self.len)
+    }
+
     pub fn to_short_string(self) -> String {
         let mut s = String::new();
         self.write_short(&mut s);

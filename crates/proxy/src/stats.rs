@@ -318,6 +318,117 @@ fn sides(
     }
 }
 
+/// The metric handles of one label set, so a repeated label set costs no family lookup.
+#[derive(Clone)]
+struct RequestHandles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// Everything the labels of an HTTP request are computed from (identity aside, which is fixed
+/// at start): equal keys give equal labels. Generic over the string type so a borrowed key can
+/// be hashed and compared against stored ones without allocating.
+#[derive(Hash, PartialEq, Eq)]
+struct RequestKey<S> {
+    inbound: bool,
+    grpc: bool,
+    response_code: u16,
+    flags: (u32, u64, u8),
+    cluster_name: S,
+    service: Option<S>,
+    /// The Host header up to `:`, only where it becomes `destination_service`.
+    host: Option<S>,
+    /// Endpoint metadata read by outbound labels: workload, app, version.
+    host_labels: [Option<S>; 3],
+}
+
+impl RequestKey<Box<str>> {
+    fn borrowed(&self) -> RequestKey<&str> {
+        let [w, a, v] = &self.host_labels;
+        RequestKey {
+            inbound: self.inbound,
+            grpc: self.grpc,
+            response_code: self.response_code,
+            flags: self.flags,
+            cluster_name: &self.cluster_name,
+            service: self.service.as_deref(),
+            host: self.host.as_deref(),
+            host_labels: [w.as_deref(), a.as_deref(), v.as_deref()],
+        }
+    }
+}
+
+impl RequestKey<&str> {
+    fn owned(&self) -> RequestKey<Box<str>> {
+        let [w, a, v] = self.host_labels;
+        RequestKey {
+            inbound: self.inbound,
+            grpc: self.grpc,
+            response_code: self.response_code,
+            flags: self.flags,
+            cluster_name: self.cluster_name.into(),
+            service: self.service.map(Into::into),
+            host: self.host.map(Into::into),
+            host_labels: [w.map(Into::into), a.map(Into::into), v.map(Into::into)],
+        }
+    }
+}
+
+/// FxHash (rustc's): the cache keys are short and not attacker-chosen in bulk (a collision
+/// only lengthens one bucket's list), so SipHash's cost buys nothing here.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+
+/// Label sets a worker keeps handles for before starting over (the families keep every series
+/// regardless; this only bounds the cache).
+const REQUEST_CACHE_LIMIT: usize = 4096;
+
+/// Key hash → the keys with that hash and their handles.
+type RequestCache = std::collections::HashMap<u64, Vec<(RequestKey<Box<str>>, RequestHandles)>, FxBuild>;
+
+thread_local! {
+    /// Per worker thread (each is a single-threaded runtime), so no locking.
+    static REQUEST_CACHE: std::cell::RefCell<RequestCache> = std::cell::RefCell::default();
+}
+
 /// Records one finished HTTP request.
 pub fn http_request(
     meta: &ConnMeta,
@@ -327,10 +438,79 @@ pub fn http_request(
     host_labels: &[(String, String)],
 ) {
     let host = rec.request.as_ref().map(|r| r.authority.as_str());
+    let inbound = meta.direction == Direction::Inbound;
+    let service = cluster.and_then(|c| c.config.service.as_deref());
+    let label = |k: &str| host_labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let key = RequestKey {
+        inbound,
+        grpc,
+        response_code: rec.response_code,
+        flags: rec.flags.raw(),
+        cluster_name: cluster.map(|c| c.config.name.as_str()).unwrap_or(""),
+        service,
+        host: match (inbound, service) {
+            (false, None) => host.map(|h| h.split(':').next().unwrap_or(h)),
+            _ => None,
+        },
+        host_labels: if inbound {
+            [None, None, None]
+        } else {
+            [label("workload"), label("app"), label("version")]
+        },
+    };
+    let hash = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = FxBuild::default().build_hasher();
+        std::hash::Hash::hash(&key, &mut h);
+        h.finish()
+    };
+    let cached = REQUEST_CACHE.with_borrow(|cache| {
+        cache
+            .get(&hash)
+            .and_then(|list| list.iter().find(|(k, _)| k.borrowed() == key))
+            .map(|(_, handles)| handles.clone())
+    });
+    let handles = match cached {
+        Some(h) => h,
+        None => {
+            let labels = request_labels(meta, cluster, rec, grpc, host_labels);
+            let m = metrics();
+            let handles = RequestHandles {
+                requests: m.requests.get_or_create(&labels).clone(),
+                duration: m.duration.get_or_create(&labels).clone(),
+                request_bytes: m.request_bytes.get_or_create(&labels).clone(),
+                response_bytes: m.response_bytes.get_or_create(&labels).clone(),
+            };
+            REQUEST_CACHE.with_borrow_mut(|cache| {
+                if cache.len() >= REQUEST_CACHE_LIMIT {
+                    cache.clear();
+                }
+                cache
+                    .entry(hash)
+                    .or_default()
+                    .push((key.owned(), handles.clone()));
+            });
+            handles
+        }
+    };
+    handles.requests.inc();
+    handles.duration.observe(rec.duration.as_secs_f64() * 1000.0);
+    handles.request_bytes.observe(rec.bytes_received as f64);
+    handles.response_bytes.observe(rec.bytes_sent as f64);
+}
+
+fn request_labels(
+    meta: &ConnMeta,
+    cluster: Option<&ClusterState>,
+    rec: &LogRecord,
+    grpc: bool,
+    host_labels: &[(String, String)],
+) -> RequestLabels {
+    let host = rec.request.as_ref().map(|r| r.authority.as_str());
     let s = sides(meta, cluster, host, host_labels);
     let [sw, scs, scr, swn, sp, sa, sv, sc] = s.src;
     let [dw, dwn, dp, da, dv, ds, dcs, dcr, dsn, dsns, dc, _] = s.dst;
-    let labels = RequestLabels {
+    RequestLabels {
         reporter: s.reporter,
         source_workload: sw,
         source_canonical_service: scs,
@@ -360,18 +540,7 @@ pub fn http_request(
         } else {
             "unknown"
         },
-    };
-    let m = metrics();
-    m.requests.get_or_create(&labels).inc();
-    m.duration
-        .get_or_create(&labels)
-        .observe(rec.duration.as_secs_f64() * 1000.0);
-    m.request_bytes
-        .get_or_create(&labels)
-        .observe(rec.bytes_received as f64);
-    m.response_bytes
-        .get_or_create(&labels)
-        .observe(rec.bytes_sent as f64);
+    }
 }
 
 fn tcp_labels(meta: &ConnMeta, cluster: Option<&ClusterState>, flags: String) -> TcpLabels {
