@@ -47,24 +47,27 @@ static X_ENVOY_RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on"
 static X_ENVOY_RETRY_GRPC_ON: HeaderName = HeaderName::from_static("x-envoy-retry-grpc-on");
 static X_ENVOY_RETRIABLE_STATUS_CODES: HeaderName = HeaderName::from_static("x-envoy-retriable-status-codes");
 static VIA: HeaderName = HeaderName::from_static("via");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 
 /// Control headers Envoy accepts only from internal clients and strips from the rest.
-const INTERNAL_ONLY: [&str; 14] = [
-    "x-envoy-downstream-service-cluster",
-    "x-envoy-downstream-service-node",
-    "x-envoy-expected-rq-timeout-ms",
-    "x-envoy-internal",
-    "x-envoy-ip-tags",
-    "x-envoy-max-retries",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-retry-on",
-    "x-envoy-upstream-alt-stat-name",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-upstream-rq-timeout-alt-response",
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-hedge-on-per-try-timeout",
-    "x-envoy-retriable-status-codes",
+/// (Parsed once: `remove("…")` would parse and hash each name on every request.)
+static INTERNAL_ONLY: [HeaderName; 14] = [
+    HeaderName::from_static("x-envoy-downstream-service-cluster"),
+    HeaderName::from_static("x-envoy-downstream-service-node"),
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-internal"),
+    HeaderName::from_static("x-envoy-ip-tags"),
+    HeaderName::from_static("x-envoy-max-retries"),
+    HeaderName::from_static("x-envoy-retry-grpc-on"),
+    HeaderName::from_static("x-envoy-retry-on"),
+    HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
+    HeaderName::from_static("x-envoy-retriable-status-codes"),
 ];
 
 /// Whether the request comes from an internal (trusted) client: the last `x-forwarded-for`
@@ -321,6 +324,26 @@ fn request_id() -> HeaderValue {
 
 /// Headers that describe one hop and are never forwarded.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(http::header::CONNECTION) {
+        strip_connection_listed(headers);
+    }
+    // Constants, not strings: `remove("…")` would parse and hash each name per request.
+    for n in [
+        &http::header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &http::header::TRANSFER_ENCODING,
+        &http::header::UPGRADE,
+    ] {
+        headers.remove(n);
+    }
+    if headers.get(http::header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(http::header::TE);
+    }
+}
+
+/// Removes the headers a `Connection` header names (except `te`).
+fn strip_connection_listed(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -332,18 +355,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if n != http::header::TE {
             headers.remove(n);
         }
-    }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(n);
-    }
-    if headers.get(http::header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(http::header::TE);
     }
 }
 
@@ -459,6 +470,7 @@ struct Extra {
 /// Routes and forwards one request.
 async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
     let mut extra = Extra::default();
+    let logging = !ctx.hcm.access_logs.is_empty();
     let mut resp = route_request(ctx, req, &mut extra).await;
     if !extra.set.is_empty() || !extra.append.is_empty() {
         let h = resp.headers_mut();
@@ -468,9 +480,11 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResBody> {
         for (k, v) in extra.append {
             h.append(k, v);
         }
-        let headers = resp.headers().clone();
-        if let Some(f) = resp.body_mut().finish.as_mut() {
-            f.rec.response_headers = Some(headers);
+        if logging {
+            let headers = resp.headers().clone();
+            if let Some(f) = resp.body_mut().finish.as_mut() {
+                f.rec.response_headers = Some(headers);
+            }
         }
     }
     resp
@@ -924,7 +938,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     } else {
         Controls::default()
     };
-    for h in INTERNAL_ONLY {
+    for h in &INTERNAL_ONLY {
         parts.headers.remove(h);
     }
     if internal {
@@ -974,12 +988,18 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/grpc"));
+    // Only access logs read the request headers back: without one, skip the copy.
+    let logging = !hcm.access_logs.is_empty();
     let view = |headers: &HeaderMap, path: &str, authority: &str| RequestView {
         method: method.to_string(),
         path: path.to_owned(),
         authority: authority.to_owned(),
         scheme: scheme.into(),
-        headers: headers.clone(),
+        headers: if logging {
+            headers.clone()
+        } else {
+            HeaderMap::new()
+        },
     };
 
     let route_config = match &hcm.routes {
@@ -1446,7 +1466,12 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
                 None => empty_body(),
             }
         };
-        let mut headers = parts.headers.clone();
+        // The last attempt takes the headers (only the response's request id reads them later).
+        let mut headers = if attempt >= max_attempts && !hcm.always_set_request_id_in_response {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let limit = match (remaining, per_try) {
             (Some(r), Some(p)) => Some(r.min(p)),
@@ -1642,7 +1667,9 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
                 }
                 rec.response_code = rparts.status.as_u16();
                 rec.response_code_details = Some("via_upstream".into());
-                rec.response_headers = Some(rparts.headers.clone());
+                if logging {
+                    rec.response_headers = Some(rparts.headers.clone());
+                }
 
                 rparts.version = version;
                 let finish = Box::new(Finish {
@@ -1984,7 +2011,9 @@ fn local_reply_full(
     rec.flags.insert(reply.flags);
     rec.response_code = reply.status.as_u16();
     rec.response_code_details = Some(reply.details.into_owned());
-    rec.response_headers = Some(headers.clone());
+    if !ctx.hcm.access_logs.is_empty() {
+        rec.response_headers = Some(headers.clone());
+    }
     let mut resp = Response::new(ResBody {
         inner: Inner::Full(reply.body),
         finish: Some(Box::new(Finish {
