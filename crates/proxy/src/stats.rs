@@ -978,6 +978,66 @@ fn openmetrics_to_prometheus(om: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// The per-worker handle cache must land each request in the series its labels name.
+    #[test]
+    fn cached_handles_count_into_the_labelled_series() {
+        use crate::access_log::{LogRecord, RequestView, ResponseFlags};
+        use crate::listener::ConnMeta;
+        use crate::model::Direction;
+        let meta = ConnMeta {
+            id: 1,
+            listener: "l".into(),
+            direction: Direction::Outbound,
+            destination: "127.0.0.1:80".parse().expect("addr"),
+            peer: "127.0.0.1:5000".parse().expect("addr"),
+            server_name: None,
+            tls: false,
+            tls_version: None,
+        };
+        let record = |authority: &str, flags: &[ResponseFlags]| {
+            let mut r = LogRecord::new(meta.destination, meta.peer);
+            r.response_code = 503;
+            for f in flags {
+                r.flags.insert(*f);
+            }
+            r.request = Some(RequestView {
+                method: "GET".into(),
+                path: "/".into(),
+                authority: authority.into(),
+                scheme: "http".into(),
+                headers: http::HeaderMap::new(),
+            });
+            r
+        };
+        let labels = |app: &str| {
+            vec![
+                ("workload".to_string(), "w;ns;canon;v7;c".to_string()),
+                ("app".to_string(), app.to_string()),
+            ]
+        };
+        let uf_urx = record("cache-test.example:80", &[ResponseFlags::UF, ResponseFlags::URX]);
+        let urx_uf = record("cache-test.example", &[ResponseFlags::URX, ResponseFlags::UF]);
+        super::http_request(&meta, None, &uf_urx, false, &labels("cache-a"));
+        super::http_request(&meta, None, &uf_urx, false, &labels("cache-a"));
+        super::http_request(&meta, None, &urx_uf, false, &labels("cache-a"));
+        super::http_request(&meta, None, &uf_urx, false, &labels("cache-b"));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &super::metrics().registry).expect("encode");
+        let count = |app: &str, flags: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .filter(|l| l.contains(&format!("destination_app=\"{app}\"")))
+                .filter(|l| l.contains(&format!("response_flags=\"{flags}\"")))
+                .filter(|l| l.contains("destination_service=\"cache-test.example\""))
+                .filter(|l| l.contains("destination_canonical_revision=\"v7\""))
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(count("cache-a", "UF,URX"), ["2"]);
+        assert_eq!(count("cache-a", "URX,UF"), ["1"]);
+        assert_eq!(count("cache-b", "UF,URX"), ["1"]);
+    }
     #[test]
     fn counter_families_take_their_sample_names() {
         let om = "# HELP istio_requests Requests.\n# TYPE istio_requests counter\nistio_requests_total{a=\"b\"} 3\n# TYPE h histogram\nh_sum 1\n# EOF\n";
