@@ -420,12 +420,13 @@ fn mutate(
     response: bool,
     ctx: &ConnCtx,
 ) {
-    let order: Vec<&&HeaderMutations> = if most_specific_wins {
-        levels.iter().collect()
-    } else {
-        levels.iter().rev().collect()
-    };
-    for m in order {
+    // Indices rather than a collected Vec: this runs twice per request.
+    for i in 0..levels.len() {
+        let m = levels[if most_specific_wins {
+            i
+        } else {
+            levels.len() - 1 - i
+        }];
         let (add, remove) = if response {
             (&m.response_add, &m.response_remove)
         } else {
@@ -988,18 +989,26 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/grpc"));
-    // Only access logs read the request headers back: without one, skip the copy.
+    // Only access logs read the request back (the metrics just its authority): without one,
+    // skip the copies.
     let logging = !hcm.access_logs.is_empty();
-    let view = |headers: &HeaderMap, path: &str, authority: &str| RequestView {
-        method: method.to_string(),
-        path: path.to_owned(),
-        authority: authority.to_owned(),
-        scheme: scheme.into(),
-        headers: if logging {
-            headers.clone()
-        } else {
-            HeaderMap::new()
-        },
+    let view = |headers: &HeaderMap, path: &str, authority: &str| {
+        if !logging {
+            return RequestView {
+                method: String::new(),
+                path: String::new(),
+                authority: authority.to_owned(),
+                scheme: String::new(),
+                headers: HeaderMap::new(),
+            };
+        }
+        RequestView {
+            method: method.to_string(),
+            path: path.to_owned(),
+            authority: authority.to_owned(),
+            scheme: scheme.into(),
+            headers: headers.clone(),
+        }
     };
 
     let route_config = match &hcm.routes {
@@ -1305,13 +1314,17 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         }
     }
 
-    let mut levels: Vec<&HeaderMutations> = vec![&rc.headers, &vh.headers, &route.headers];
-    if let Some(w) = weighted_headers {
-        levels.push(w);
-    }
+    // On the stack: the levels are fixed, and this runs for every request.
+    let all_levels: [&HeaderMutations; 4] = [
+        &rc.headers,
+        &vh.headers,
+        &route.headers,
+        weighted_headers.unwrap_or(&route.headers),
+    ];
+    let levels = &all_levels[..if weighted_headers.is_some() { 4 } else { 3 }];
     mutate(
         &mut parts.headers,
-        &levels,
+        levels,
         rc.most_specific_header_mutations_wins,
         false,
         &ctx,
@@ -1330,7 +1343,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     let routed_reply = |mut reply: LocalReply| {
         mutate(
             &mut reply.headers,
-            &levels,
+            levels,
             rc.most_specific_header_mutations_wins,
             true,
             &ctx,
@@ -1451,7 +1464,10 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
                 Some(request_slot),
             );
         };
-        tried.push(host.address);
+        // Only `previous_hosts` reads the list: skip the allocation otherwise.
+        if retry.as_ref().is_some_and(|p| p.previous_hosts) {
+            tried.push(host.address);
+        }
         rec.upstream_host = Some(host.address);
         host.stats.rq_total.fetch_add(1, Relaxed);
         host.stats.rq_active.fetch_add(1, Relaxed);
@@ -1650,7 +1666,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
                 }
                 mutate(
                     &mut rparts.headers,
-                    &levels,
+                    levels,
                     rc.most_specific_header_mutations_wins,
                     true,
                     &ctx,
