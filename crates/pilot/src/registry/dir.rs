@@ -5,7 +5,7 @@
 //! YAML at all keeps all its last good objects. When two files define the same object, the first
 //! path in sorted order wins.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,6 +29,66 @@ struct FileState {
     /// The last good parse of this file.
     objects: Vec<Arc<Object>>,
     problem: Option<String>,
+    /// The objects of each document text that parsed cleanly last time: a change to one
+    /// document of a big file re-parses that document only.
+    documents: HashMap<String, Vec<Object>>,
+}
+
+/// Splits a manifest file at its `---` lines. `None` when the file uses YAML syntax a line split
+/// could get wrong (content after `---`, `...` document ends, `%` directives): parse it whole.
+fn split_documents(text: &str) -> Option<Vec<&str>> {
+    let mut docs = Vec::new();
+    let (mut start, mut offset) = (0, 0);
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_end();
+        if l == "---" {
+            docs.push(&text[start..offset]);
+            start = offset + line.len();
+        } else if l.starts_with("---") || l.starts_with("...") || l.starts_with('%') {
+            return None;
+        }
+        offset += line.len();
+    }
+    docs.push(&text[start..]);
+    Some(docs)
+}
+
+/// [`parse_documents`] with a per-document cache. Only documents whose text changed are
+/// parsed; if any of them fails, the whole file is parsed again so errors carry the document's
+/// index in the file, exactly as without the cache.
+fn parse_cached(
+    file: &Path,
+    text: &str,
+    cache: &mut HashMap<String, Vec<Object>>,
+) -> Vec<Result<Object, DocError>> {
+    let Some(docs) = split_documents(text) else {
+        cache.clear();
+        return parse_documents(file, text);
+    };
+    let mut next: HashMap<String, Vec<Object>> = HashMap::with_capacity(docs.len());
+    let mut out = Vec::new();
+    for doc in docs {
+        let objects = match cache.remove(doc).or_else(|| next.get(doc).cloned()) {
+            Some(objects) => objects,
+            None => {
+                let mut objects = Vec::new();
+                for r in parse_documents(file, doc) {
+                    match r {
+                        Ok(o) => objects.push(o),
+                        Err(_) => {
+                            cache.clear();
+                            return parse_documents(file, text);
+                        }
+                    }
+                }
+                objects
+            }
+        };
+        out.extend(objects.iter().cloned().map(Ok));
+        next.insert(doc.to_owned(), objects);
+    }
+    *cache = next;
+    out
 }
 
 /// A directory of manifests as a registry source.
@@ -145,11 +205,15 @@ impl ConfigDir {
                 stamp: st,
                 objects: Vec::new(),
                 problem: None,
+                documents: HashMap::new(),
             });
             entry.stamp = st;
             let parsed = std::fs::read_to_string(p)
                 .map_err(|e| format!("{origin}: cannot read: {e}"))
-                .and_then(|text| merge_documents(&entry.objects, parse_documents(Path::new(&origin), &text)));
+                .and_then(|text| {
+                    let docs = parse_cached(Path::new(&origin), &text, &mut entry.documents);
+                    merge_documents(&entry.objects, docs)
+                });
             match parsed {
                 Ok((objects, None)) => {
                     entry.objects = objects.into_iter().map(Arc::new).collect();
@@ -276,6 +340,62 @@ impl Source for ConfigDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn svc(name: &str, port: u32) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{ports: [{{port: {port}}}]}}\n")
+    }
+
+    fn render(r: &[Result<Object, DocError>]) -> Vec<String> {
+        r.iter()
+            .map(|x| match x {
+                Ok(o) => format!("{o:?}"),
+                Err(e) => e.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cached_parse_equals_a_full_parse_and_reuses_unchanged_documents() {
+        let file = Path::new("svc.yaml");
+        let mut cache = HashMap::new();
+        let v1 = format!(
+            "# header\n{}---\n{}---\n{}",
+            svc("a", 80),
+            svc("b", 81),
+            svc("c", 82)
+        );
+        assert_eq!(
+            render(&parse_cached(file, &v1, &mut cache)),
+            render(&parse_documents(file, &v1))
+        );
+        assert_eq!(cache.len(), 3);
+        // One document edited: the others come from the cache, the result is the full parse's.
+        let v2 = v1.replace("port: 81", "port: 91");
+        let before: Vec<&String> = cache.keys().collect::<Vec<_>>();
+        assert_eq!(before.iter().filter(|k| k.contains("port: 81")).count(), 1);
+        assert_eq!(
+            render(&parse_cached(file, &v2, &mut cache)),
+            render(&parse_documents(file, &v2))
+        );
+        assert!(
+            cache.keys().any(|k| k.contains("port: 91")) && !cache.keys().any(|k| k.contains("port: 81"))
+        );
+        // A broken document: errors name the same document index as a full parse.
+        let v3 = v2.replace("port: 91", "port: 99999");
+        let cached = render(&parse_cached(file, &v3, &mut cache));
+        assert_eq!(cached, render(&parse_documents(file, &v3)));
+        assert!(cached.iter().any(|l| l.contains("document 1")), "{cached:?}");
+        // Syntax a line split could get wrong falls back to the whole file.
+        let v4 = format!(
+            "--- {{apiVersion: v1, kind: Namespace, metadata: {{name: x}}}}\n---\n{}",
+            svc("a", 80)
+        );
+        assert!(split_documents(&v4).is_none());
+        assert_eq!(
+            render(&parse_cached(file, &v4, &mut cache)),
+            render(&parse_documents(file, &v4))
+        );
+    }
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("pilot-dir-{name}-{}", std::process::id()));
