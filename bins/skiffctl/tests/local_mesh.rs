@@ -10,77 +10,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const SKIFFCTL: &str = env!("CARGO_BIN_EXE_skiffctl");
+mod support;
+
+use support::LocalMesh;
 
 /// One mesh, named after the test, with its state under a private directory; `down` on drop.
-struct Mesh {
-    name: String,
-    dir: PathBuf,
-}
+type Mesh = LocalMesh;
 
 impl Mesh {
-    fn new(label: &str) -> Mesh {
-        let name = format!("lm{}{label}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("skiff-local-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        Mesh { name, dir }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(SKIFFCTL)
-            .args(args)
-            .args(["--name", &self.name])
-            .env("SKIFF_LOCAL_DIR", &self.dir)
-            .output()
-            .unwrap()
-    }
-
-    /// `skiffctl local …`, which must succeed; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let mut full = vec!["local"];
-        full.extend_from_slice(args);
-        let out = self.cmd(&full);
-        assert!(
-            out.status.success(),
-            "skiffctl {} failed: {}\n{}\nsupervisor log:\n{}",
-            full.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout),
-            std::fs::read_to_string(self.dir.join(&self.name).join("supervisor.log")).unwrap_or_default()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `skiffctl proxy-config|proxy-status … --mesh NAME`, which must succeed; returns stdout.
-    fn istioctl(&self, args: &[&str]) -> String {
-        let out = Command::new(SKIFFCTL)
-            .args(args)
-            .args(["--mesh", &self.name])
-            .env("SKIFF_LOCAL_DIR", &self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skiffctl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     fn exec(&self, pod: &str, cmd: &[&str]) -> Output {
         self.exec_in("sidecar", pod, cmd)
-    }
-
-    fn exec_in(&self, ns: &str, pod: &str, cmd: &[&str]) -> Output {
-        let mut args = vec!["local", "exec", "-n", ns, pod, "--"];
-        args.extend_from_slice(cmd);
-        let mut c = Command::new(SKIFFCTL);
-        c.args(&args[..2])
-            .args(["--name", &self.name])
-            .args(&args[2..])
-            .env("SKIFF_LOCAL_DIR", &self.dir);
-        c.output().unwrap()
     }
 
     fn curl(&self, args: &[&str]) -> String {
@@ -127,13 +66,6 @@ impl Mesh {
 
     fn logs(&self, pod: &str, container: &str) -> String {
         self.ok(&["logs", "-n", "sidecar", pod, "-c", container])
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["local", "down"]);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -208,7 +140,7 @@ fn all_pids(state: &Value) -> Vec<u64> {
 }
 
 fn walkthrough(proxy: &str) {
-    let mesh = Mesh::new(&proxy[..1]);
+    let mesh = Mesh::new("lm", &proxy[..1]);
     let out = mesh.ok(&[
         "up",
         "-f",
@@ -457,7 +389,7 @@ fn sidecar_walkthrough_with_envoy_sidecars() {
 
 #[test]
 fn bad_manifests_are_refused_with_the_field() {
-    let mesh = Mesh::new("bad");
+    let mesh = Mesh::new("lm", "bad");
     let dir = mesh.dir.join("bad");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -477,7 +409,7 @@ fn bad_manifests_are_refused_with_the_field() {
 
 #[test]
 fn down_cleans_up_after_the_supervisor_crashed() {
-    let mesh = Mesh::new("crash");
+    let mesh = Mesh::new("lm", "crash");
     mesh.ok(&[
         "up",
         "-f",

@@ -12,12 +12,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-const SKIFFCTL: &str = env!("CARGO_BIN_EXE_skiffctl");
+mod support;
+
+use support::LocalMesh;
 
 /// A test-only service for outlier detection: two healthy pods and one answering 503, behind one
 /// Service whose DestinationRule ejects after two consecutive 5xx.
@@ -102,53 +104,25 @@ enum Phase {
     Fault,
 }
 
+/// A [`LocalMesh`] with a directory for the manifests the test writes.
 struct Mesh {
-    name: String,
-    dir: PathBuf,
+    mesh: LocalMesh,
     manifests: PathBuf,
+}
+
+impl std::ops::Deref for Mesh {
+    type Target = LocalMesh;
+    fn deref(&self) -> &LocalMesh {
+        &self.mesh
+    }
 }
 
 impl Mesh {
     fn new(label: &str) -> Mesh {
-        let name = format!("tm{}{label}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("skiff-local-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        let manifests = dir.join("manifests");
+        let mesh = LocalMesh::new("tm", label);
+        let manifests = mesh.dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
-        Mesh { name, dir, manifests }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(SKIFFCTL)
-            .args(args)
-            .args(["--name", &self.name])
-            .env("SKIFF_LOCAL_DIR", &self.dir)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let mut full = vec!["local"];
-        full.extend_from_slice(args);
-        let out = self.cmd(&full);
-        assert!(
-            out.status.success(),
-            "skiffctl {} failed: {}\n{}\nsupervisor log:\n{}",
-            full.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout),
-            std::fs::read_to_string(self.dir.join(&self.name).join("supervisor.log")).unwrap_or_default()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn exec(&self, ns: &str, pod: &str, cmd: &[&str]) -> Output {
-        Command::new(SKIFFCTL)
-            .args(["local", "exec", "--name", &self.name, "-n", ns, pod, "--"])
-            .args(cmd)
-            .env("SKIFF_LOCAL_DIR", &self.dir)
-            .output()
-            .unwrap()
+        Mesh { mesh, manifests }
     }
 
     /// `n` GETs of `url` from `pod` in one curl (one connection reused), with `headers`; the
@@ -161,7 +135,7 @@ impl Mesh {
         for _ in 0..n {
             args.extend(["-o", "/dev/null", url]);
         }
-        let out = self.exec(ns, pod, &args);
+        let out = self.exec_in(ns, pod, &args);
         let codes: Vec<u16> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| l.trim().parse().unwrap())
@@ -232,20 +206,9 @@ impl Mesh {
 
     /// `skiffctl proxy-config …` against this mesh.
     fn proxy_config(&self, args: &[&str]) -> String {
-        let out = Command::new(SKIFFCTL)
-            .arg("proxy-config")
-            .args(args)
-            .args(["--mesh", &self.name])
-            .env("SKIFF_LOCAL_DIR", &self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "proxy-config {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut full = vec!["proxy-config"];
+        full.extend_from_slice(args);
+        self.istioctl(&full)
     }
 
     fn up(&self, proxy: &str) -> String {
@@ -258,13 +221,6 @@ impl Mesh {
             "--timeout",
             "150",
         ])
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["local", "down"]);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -433,7 +389,7 @@ fn host_curl(args: &[&str]) -> (String, String) {
 
 /// `time_total` of one request from the demo client, and its body.
 fn timed(mesh: &Mesh) -> (f64, String) {
-    let out = mesh.exec(
+    let out = mesh.exec_in(
         "demo",
         "deploy/client",
         &[
