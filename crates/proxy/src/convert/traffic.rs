@@ -150,6 +150,21 @@ pub fn fault(ctx: &mut Ctx<'_>, field: &str, f: &fault_filter::HttpFault) -> Res
 
 // === CORS ===
 
+/// The route-level and the filter-level CORS protos name the same fields alike; one reading.
+macro_rules! cors_fields {
+    ($c:expr) => {
+        CorsFields {
+            allow_methods: &$c.allow_methods,
+            allow_headers: &$c.allow_headers,
+            expose_headers: &$c.expose_headers,
+            max_age: &$c.max_age,
+            allow_credentials: $c.allow_credentials.map(|b| b.value),
+            allow_private_network_access: $c.allow_private_network_access.map(|b| b.value),
+            forward_not_matching_preflights: $c.forward_not_matching_preflights.map(|b| b.value),
+        }
+    };
+}
+
 /// The route-level `CorsPolicy` (deprecated `cors` fields of routes and virtual hosts; what
 /// Istio 1.19 emits for `corsPolicy`).
 pub fn route_cors(ctx: &Ctx<'_>, field: &str, c: &route::CorsPolicy) -> Result<CorsPolicy, ConfigError> {
@@ -164,15 +179,7 @@ pub fn route_cors(ctx: &Ctx<'_>, field: &str, c: &route::CorsPolicy) -> Result<C
         ctx,
         field,
         &c.allow_origin_string_match,
-        CorsFields {
-            allow_methods: &c.allow_methods,
-            allow_headers: &c.allow_headers,
-            expose_headers: &c.expose_headers,
-            max_age: &c.max_age,
-            allow_credentials: c.allow_credentials.map(|b| b.value),
-            allow_private_network_access: c.allow_private_network_access.map(|b| b.value),
-            forward_not_matching_preflights: c.forward_not_matching_preflights.map(|b| b.value),
-        },
+        cors_fields!(c),
         enabled,
         c.shadow_enabled.as_ref(),
     )
@@ -190,15 +197,7 @@ fn filter_cors(ctx: &Ctx<'_>, field: &str, c: &cors_filter::CorsPolicy) -> Resul
         ctx,
         field,
         &c.allow_origin_string_match,
-        CorsFields {
-            allow_methods: &c.allow_methods,
-            allow_headers: &c.allow_headers,
-            expose_headers: &c.expose_headers,
-            max_age: &c.max_age,
-            allow_credentials: c.allow_credentials.map(|b| b.value),
-            allow_private_network_access: c.allow_private_network_access.map(|b| b.value),
-            forward_not_matching_preflights: c.forward_not_matching_preflights.map(|b| b.value),
-        },
+        cors_fields!(c),
         enabled,
         c.shadow_enabled.as_ref(),
     )
