@@ -1,5 +1,6 @@
 //! `skiffd --config-dir DIR`: ordinary Kubernetes manifests in a directory (recursively: `.yaml`,
-//! `.yml`, `.json`; hidden entries skipped), polled for changes. A resource that fails to parse
+//! `.yml`, `.json`; hidden entries skipped), watched with inotify and re-checked every poll
+//! interval as a safety net (a file system without inotify, a missed event). A resource that fails to parse
 //! or validate is reported (file, document, object, field) and its last good version stays in
 //! force until it is fixed, while the file's other resources still apply; a file that is not
 //! YAML at all keeps all its last good objects. When two files define the same object, the first
@@ -30,8 +31,9 @@ struct FileState {
     objects: Vec<Arc<Object>>,
     problem: Option<String>,
     /// The objects of each document text that parsed cleanly last time: a change to one
-    /// document of a big file re-parses that document only.
-    documents: HashMap<String, Vec<Object>>,
+    /// document of a big file re-parses that document only, and the others keep their `Arc`s
+    /// (so the merge below sees them unchanged without comparing them).
+    documents: HashMap<String, Vec<Arc<Object>>>,
 }
 
 /// Splits a manifest file at its `---` lines. `None` when the file uses YAML syntax a line split
@@ -59,13 +61,19 @@ fn split_documents(text: &str) -> Option<Vec<&str>> {
 fn parse_cached(
     file: &Path,
     text: &str,
-    cache: &mut HashMap<String, Vec<Object>>,
-) -> Vec<Result<Object, DocError>> {
+    cache: &mut HashMap<String, Vec<Arc<Object>>>,
+) -> Vec<Result<Arc<Object>, DocError>> {
+    let parse_whole = |text: &str| -> Vec<Result<Arc<Object>, DocError>> {
+        parse_documents(file, text)
+            .into_iter()
+            .map(|r| r.map(Arc::new))
+            .collect()
+    };
     let Some(docs) = split_documents(text) else {
         cache.clear();
-        return parse_documents(file, text);
+        return parse_whole(text);
     };
-    let mut next: HashMap<String, Vec<Object>> = HashMap::with_capacity(docs.len());
+    let mut next: HashMap<String, Vec<Arc<Object>>> = HashMap::with_capacity(docs.len());
     let mut out = Vec::new();
     for doc in docs {
         let objects = match cache.remove(doc).or_else(|| next.get(doc).cloned()) {
@@ -74,10 +82,10 @@ fn parse_cached(
                 let mut objects = Vec::new();
                 for r in parse_documents(file, doc) {
                     match r {
-                        Ok(o) => objects.push(o),
+                        Ok(o) => objects.push(Arc::new(o)),
                         Err(_) => {
                             cache.clear();
-                            return parse_documents(file, text);
+                            return parse_whole(text);
                         }
                     }
                 }
@@ -107,8 +115,8 @@ pub struct ConfigDir {
 /// name) fails the file as a whole: its last good objects all stay. `Ok` carries the problem too.
 fn merge_documents(
     old: &[Arc<Object>],
-    docs: Vec<Result<Object, DocError>>,
-) -> Result<(Vec<Object>, Option<String>), String> {
+    docs: Vec<Result<Arc<Object>, DocError>>,
+) -> Result<(Vec<Arc<Object>>, Option<String>), String> {
     let mut good = Vec::new();
     let mut errors: Vec<DocError> = Vec::new();
     for d in docs {
@@ -129,7 +137,7 @@ fn merge_documents(
     }
     for e in &errors {
         if let Some(prev) = old.iter().find(|o| e.key.as_deref() == Some(&o.key())) {
-            good.push((**prev).clone());
+            good.push(prev.clone());
         }
     }
     let problem = (!errors.is_empty()).then(|| text(&errors));
@@ -175,6 +183,8 @@ impl ConfigDir {
     /// Looks at the directory once and returns what changed since the last call.
     pub fn scan(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
+        // Whether any file's objects may differ: without that, the merge below is skipped.
+        let mut changed = false;
         let mut paths = Vec::new();
         manifest_files(&self.dir, &mut paths);
         paths.sort();
@@ -187,6 +197,7 @@ impl ConfigDir {
             .collect();
         for p in gone {
             if let Some(f) = self.files.remove(&p) {
+                changed = true;
                 if f.problem.is_some() {
                     events.push(Event::Problem {
                         origin: self.rel(&p),
@@ -200,6 +211,7 @@ impl ConfigDir {
             if self.files.get(p).is_some_and(|f| f.stamp == st) {
                 continue;
             }
+            changed = true;
             let origin = self.rel(p);
             let entry = self.files.entry(p.clone()).or_insert(FileState {
                 stamp: st,
@@ -216,7 +228,7 @@ impl ConfigDir {
                 });
             match parsed {
                 Ok((objects, None)) => {
-                    entry.objects = objects.into_iter().map(Arc::new).collect();
+                    entry.objects = objects;
                     if entry.problem.take().is_some() {
                         events.push(Event::Problem {
                             origin: origin.clone(),
@@ -225,7 +237,7 @@ impl ConfigDir {
                     }
                 }
                 Ok((objects, Some(e))) => {
-                    entry.objects = objects.into_iter().map(Arc::new).collect();
+                    entry.objects = objects;
                     if entry.problem.as_deref() != Some(e.as_str()) {
                         entry.problem = Some(e.clone());
                         events.push(Event::Problem {
@@ -244,6 +256,9 @@ impl ConfigDir {
                     }
                 }
             }
+        }
+        if !changed {
+            return events;
         }
         // Merge: first file (sorted) wins for a key.
         let mut merged: BTreeMap<Key, Arc<Object>> = BTreeMap::new();
@@ -286,7 +301,7 @@ impl ConfigDir {
         for (key, o) in &merged {
             match self.merged.get(key) {
                 None => events.push(Event::Added(o.clone())),
-                Some(old) if old != o => events.push(Event::Updated(o.clone())),
+                Some(old) if !Arc::ptr_eq(old, o) && old != o => events.push(Event::Updated(o.clone())),
                 Some(_) => {}
             }
         }
@@ -300,9 +315,53 @@ impl ConfigDir {
     }
 }
 
+/// How long the directory must stay quiet after a change is seen before it is read, so a file
+/// written in several `write`s (an editor without atomic saves) is read whole.
+const SETTLE: Duration = Duration::from_millis(5);
+/// The longest a stream of changes can postpone a read.
+const SETTLE_MAX: Duration = Duration::from_millis(100);
+
+/// Whether an inotify event can change what the directory holds: hidden files (editors' and
+/// atomic writers' temporaries) and reads do not.
+fn relevant(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    if matches!(
+        event.kind,
+        EventKind::Access(notify::event::AccessKind::Open(_) | notify::event::AccessKind::Read)
+    ) {
+        return false;
+    }
+    event.paths.is_empty()
+        || event.paths.iter().any(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+}
+
+/// Starts an inotify watch that sends on `wake` when the directory changes. `None` while the
+/// directory cannot be watched (it does not exist yet); the caller retries on its next poll.
+fn watch(dir: &Path, wake: std::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // An error (e.g. the event queue overflowed) is a reason to look again too.
+        if res.as_ref().map_or(true, relevant) {
+            let _ = wake.send(());
+        }
+    })
+    .map_err(|e| tracing::warn!("config dir: no inotify ({e}); polling only"))
+    .ok()?;
+    match watcher.watch(dir, notify::RecursiveMode::Recursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), "config dir: not watched yet: {e}");
+            None
+        }
+    }
+}
+
 impl Source for ConfigDir {
     fn start(mut self: Box<Self>, events: mpsc::UnboundedSender<Event>) {
-        // Plain file I/O on its own thread: the poll never competes with xDS for the runtime.
+        // Plain file I/O on its own thread: reading never competes with xDS for the runtime.
         let spawned = std::thread::Builder::new()
             .name("config-dir".into())
             .spawn(move || {
@@ -312,8 +371,13 @@ impl Source for ConfigDir {
                         problem: Some(format!("{}: not a directory (yet)", self.dir.display())),
                     });
                 }
+                let (wake_tx, wake) = std::sync::mpsc::channel();
+                let mut watcher = None;
                 let mut first = true;
                 loop {
+                    if watcher.is_none() {
+                        watcher = watch(&self.dir, wake_tx.clone());
+                    }
                     for e in self.scan() {
                         if events.send(e).is_err() {
                             return;
@@ -328,7 +392,11 @@ impl Source for ConfigDir {
                     if events.is_closed() {
                         return;
                     }
-                    std::thread::sleep(self.interval);
+                    // Until something changes (or the next poll), then until it settles.
+                    if wake.recv_timeout(self.interval).is_ok() {
+                        let seen = std::time::Instant::now();
+                        while wake.recv_timeout(SETTLE).is_ok() && seen.elapsed() < SETTLE_MAX {}
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -345,7 +413,7 @@ mod tests {
         format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{ports: [{{port: {port}}}]}}\n")
     }
 
-    fn render(r: &[Result<Object, DocError>]) -> Vec<String> {
+    fn render<O: std::fmt::Debug>(r: &[Result<O, DocError>]) -> Vec<String> {
         r.iter()
             .map(|x| match x {
                 Ok(o) => format!("{o:?}"),
@@ -458,6 +526,72 @@ mod tests {
                 "+Service a/web"
             ]
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_edit_reports_only_the_edited_object_and_an_idle_poll_reports_nothing() {
+        let d = std::env::temp_dir().join(format!("pilot-dir-incr-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("svcs.yaml");
+        let text: Vec<String> = (0..50).map(|i| svc(&format!("s{i}"), 80)).collect();
+        std::fs::write(&f, text.join("---\n")).unwrap();
+        let mut src = ConfigDir::new(&d, Duration::from_millis(10));
+        assert_eq!(src.scan().len(), 50);
+        assert!(src.scan().is_empty(), "nothing changed, nothing reported");
+        let before: Vec<Arc<Object>> = src.merged.values().cloned().collect();
+        let mut edited = text.clone();
+        edited[7] = svc("s7", 8080);
+        std::fs::write(&f, edited.join("---\n")).unwrap();
+        let events = src.scan();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(matches!(&events[0], Event::Updated(o) if o.key().to_string() == "Service ns/s7"));
+        // Unchanged documents keep the very objects they had.
+        let after: Vec<Arc<Object>> = src.merged.values().cloned().collect();
+        let shared = before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(shared, 49);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn a_change_is_seen_without_waiting_for_the_poll() {
+        let d = tmp("inotify");
+        std::fs::write(d.join("web.yaml"), SVC).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // A poll interval far beyond the test's patience: only inotify can deliver in time.
+        Box::new(ConfigDir::new(&d, Duration::from_secs(600))).start(tx);
+        async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("an event within 5 s")
+                .expect("source running")
+        }
+        assert!(matches!(next(&mut rx).await, Event::Added(_)));
+        assert_eq!(next(&mut rx).await, Event::Synced);
+        // Let the watch settle in, then write atomically (temporary + rename), as tools do.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = std::time::Instant::now();
+        std::fs::write(d.join(".web.yaml.tmp"), SVC.replace("80", "81")).unwrap();
+        std::fs::rename(d.join(".web.yaml.tmp"), d.join("web.yaml")).unwrap();
+        match next(&mut rx).await {
+            Event::Updated(o) => assert_eq!(o.key().to_string(), "Service a/web"),
+            other => panic!("{other:?}"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // A new subdirectory's files are watched too.
+        std::fs::create_dir(d.join("more")).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::write(d.join("more/db.yaml"), SVC.replace("name: web", "name: db")).unwrap();
+        match next(&mut rx).await {
+            Event::Added(o) => assert_eq!(o.key().to_string(), "Service a/db"),
+            other => panic!("{other:?}"),
+        }
+        drop(rx);
         let _ = std::fs::remove_dir_all(&d);
     }
 }
