@@ -423,7 +423,7 @@ async fn debounce_loop<G: Generator>(
         let version = version_string(n);
         *lock(&shared.version) = version.clone();
         shared.metrics.debounced.inc();
-        tracing::debug!(version = %version, ?scope, "push");
+        tracing::debug!(version = %version, full = matches!(scope, PushScope::Full), "push");
         let event = Arc::new(PushEvent { scope });
         lock(&shared.conns).retain(|_, tx| tx.send(event.clone()).is_ok());
     }
@@ -578,16 +578,25 @@ fn meta_string(node: &Node, key: &str) -> Option<String> {
     }
 }
 
+/// One resource of one stream: what was last sent, and what the proxy last accepted (the copy a
+/// NACKed update falls back to).
+struct Held {
+    sent: (u64, Arc<Any>),
+    acked: Option<(u64, Arc<Any>)>,
+}
+
 /// One type's state on one stream.
 #[derive(Default)]
 struct Watch {
     /// The names the proxy asked for (empty for wildcard types = everything).
     names: Vec<String>,
     sent_nonce: Option<String>,
-    /// Digest of each resource in the last response.
-    sent: HashMap<String, (u64, Arc<Any>)>,
-    /// The last response the proxy accepted.
-    acked: HashMap<String, (u64, Arc<Any>)>,
+    /// Every resource the proxy holds or is being sent. Updated in place, so an ACK or an
+    /// endpoint push costs what it carries, not what the proxy holds.
+    held: HashMap<String, Held>,
+    /// The names sent since the proxy last answered (an answer to an older nonce is ignored,
+    /// so the next answer speaks for all of them).
+    pending: Vec<String>,
     /// Resources the proxy rejected, by digest: not sent again until they change.
     rejected: HashMap<String, u64>,
 }
@@ -634,8 +643,8 @@ impl<G: Generator> Connection<G> {
         update_sync(&self.shared, self.id, type_url, f);
     }
 
-    fn on_request(&mut self, req: DiscoveryRequest) {
-        let type_url = req.type_url.clone();
+    fn on_request(&mut self, mut req: DiscoveryRequest) {
+        let type_url = std::mem::take(&mut req.type_url);
         if !PUSH_ORDER.contains(&type_url.as_str()) {
             // Unknown types (ECDS, Istio debug types) get an empty answer so the proxy does
             // not wait on them.
@@ -644,8 +653,8 @@ impl<G: Generator> Connection<G> {
             }
             return;
         }
-        let mut names = req.resource_names.clone();
-        names.sort();
+        let mut names = std::mem::take(&mut req.resource_names);
+        names.sort_unstable();
         names.dedup();
         if req.response_nonce.is_empty() {
             // A new subscription (or a proxy that reconnected): answer with what exists now.
@@ -662,21 +671,21 @@ impl<G: Generator> Connection<G> {
         let outcome = match &req.error_detail {
             Some(err) => {
                 let mut rejected = Vec::new();
-                for (name, (digest, _)) in &watch.sent {
-                    if watch.acked.get(name).map(|a| a.0) != Some(*digest) {
-                        watch.rejected.insert(name.clone(), *digest);
-                        rejected.push(name.clone());
+                for name in std::mem::take(&mut watch.pending) {
+                    let Some(h) = watch.held.get(&name) else { continue };
+                    if h.acked.as_ref().map(|a| a.0) != Some(h.sent.0) {
+                        watch.rejected.insert(name.clone(), h.sent.0);
+                        rejected.push(name);
                     }
                 }
                 rejected.sort();
                 Err((err.message.clone(), rejected))
             }
             None => {
-                if is_wildcard(&type_url) {
-                    watch.acked = watch.sent.clone();
-                } else {
-                    let sent = watch.sent.clone();
-                    watch.acked.extend(sent);
+                for name in std::mem::take(&mut watch.pending) {
+                    if let Some(h) = watch.held.get_mut(&name) {
+                        h.acked = Some(h.sent.clone());
+                    }
                 }
                 Ok(())
             }
@@ -749,19 +758,31 @@ impl<G: Generator> Connection<G> {
         let generated = self.shared.generator.generate(&self.proxy, ENDPOINT_TYPE, &names);
         let watch = self.types.entry(ENDPOINT_TYPE.to_owned()).or_default();
         let mut out = Vec::new();
+        let mut pending = Vec::new();
         for r in generated {
             let digest = r.digest();
             if watch.rejected.get(&r.name) == Some(&digest) {
                 continue;
             }
             watch.rejected.remove(&r.name);
-            if watch.sent.get(&r.name).map(|s| s.0) == Some(digest) {
-                continue;
+            match watch.held.get_mut(&r.name) {
+                Some(h) if h.sent.0 == digest => continue,
+                Some(h) => h.sent = (digest, r.body.clone()),
+                None => {
+                    watch.held.insert(
+                        r.name.clone(),
+                        Held {
+                            sent: (digest, r.body.clone()),
+                            acked: None,
+                        },
+                    );
+                }
             }
-            watch.sent.insert(r.name.clone(), (digest, r.body.clone()));
             out.push((*r.body).clone());
+            pending.push(r.name);
         }
         if !out.is_empty() {
+            watch.pending.extend(pending);
             let version = lock(&self.shared.version).clone();
             self.send(ENDPOINT_TYPE, out, Some(version));
         }
@@ -791,7 +812,7 @@ impl<G: Generator> Connection<G> {
                 Some(bad) if *bad == digest => {
                     // Still the rejected version: keep the proxy's accepted copy (wildcard types
                     // would delete a missing resource) or leave it out.
-                    if let Some((d, body)) = watch.acked.get(&r.name) {
+                    if let Some((d, body)) = watch.held.get(&r.name).and_then(|h| h.acked.as_ref()) {
                         out.push((r.name, *d, body.clone()));
                     } else if !is_wildcard(type_url) {
                         continue;
@@ -805,14 +826,27 @@ impl<G: Generator> Connection<G> {
             }
         }
         let unchanged = watch.sent_nonce.is_some()
-            && out.len() == watch.sent.len()
+            && out.len() == watch.held.len()
             && out
                 .iter()
-                .all(|(n, d, _)| watch.sent.get(n).map(|s| s.0) == Some(*d));
+                .all(|(n, d, _)| watch.held.get(n).map(|h| h.sent.0) == Some(*d));
         if unchanged && !force {
             return false;
         }
-        watch.sent = out.iter().map(|(n, d, b)| (n.clone(), (*d, b.clone()))).collect();
+        // The response is the proxy's whole set of this type: what it leaves out is gone.
+        let mut previous = std::mem::take(&mut watch.held);
+        watch.pending = Vec::with_capacity(out.len());
+        for (name, digest, body) in &out {
+            let acked = previous.remove(name).and_then(|h| h.acked);
+            watch.held.insert(
+                name.clone(),
+                Held {
+                    sent: (*digest, body.clone()),
+                    acked,
+                },
+            );
+            watch.pending.push(name.clone());
+        }
         let version = lock(&self.shared.version).clone();
         self.send(
             type_url,
