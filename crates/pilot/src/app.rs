@@ -115,20 +115,29 @@ impl ControlPlane {
                 let snap = store.rebuild();
                 services.set(snap.services.len() as i64);
                 let scope = match change {
-                    Change::Full => PushScope::Full,
-                    Change::Endpoints(svcs) => PushScope::Endpoints(
-                        snap.services
-                            .iter()
-                            .filter(|s| svcs.contains(&(s.namespace.clone(), s.name.clone())))
-                            .flat_map(|s| crate::gen::endpoint::cluster_names(&snap, s))
-                            .collect(),
-                    ),
-                    Change::None => {
+                    Change::Full => {
                         disc.update(snap);
+                        PushScope::Full
+                    }
+                    Change::Endpoints(svcs) => {
+                        let clusters = snap
+                            .services
+                            .iter()
+                            .filter(|s| {
+                                svcs.iter()
+                                    .any(|(ns, name)| *ns == s.namespace && *name == s.name)
+                            })
+                            .flat_map(|s| crate::gen::endpoint::cluster_names(&snap, s))
+                            .collect();
+                        disc.update_endpoints(snap, &clusters);
+                        PushScope::Endpoints(clusters)
+                    }
+                    Change::None => {
+                        // Nothing a proxy sees changed (e.g. a problem was reported or fixed).
+                        disc.update_endpoints(snap, &Default::default());
                         continue;
                     }
                 };
-                disc.update(snap);
                 monitor.ready.store(true, Ordering::Relaxed);
                 pusher.push(scope);
             }

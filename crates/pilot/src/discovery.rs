@@ -31,6 +31,17 @@ struct Generation {
     endpoints: Mutex<HashMap<String, Arc<HashMap<String, Resource>>>>,
     /// Route configurations by (share key, name).
     routes: Mutex<HashMap<(String, String), Resource>>,
+    /// After an endpoint-only change: the previous snapshot's load assignments by DR scope key,
+    /// each with the clusters whose endpoints changed since. Building this snapshot's set starts
+    /// from them and regenerates only those clusters.
+    carried: HashMap<String, Carried>,
+}
+
+/// Load assignments of an earlier snapshot, valid except for `changed`.
+#[derive(Clone)]
+struct Carried {
+    assignments: Arc<HashMap<String, Resource>>,
+    changed: std::collections::BTreeSet<String>,
 }
 
 /// What makes two proxies' clusters and endpoints equal: their kind and Sidecar scope, and the
@@ -94,6 +105,35 @@ impl Discovery {
     pub fn update(&self, snap: Arc<Snapshot>) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Generation {
             snap,
+            ..Default::default()
+        });
+    }
+
+    /// A new snapshot in which only the endpoints of `changed` clusters differ from the current
+    /// one: load assignments already built are carried over, so a push regenerates only those.
+    pub fn update_endpoints(&self, snap: Arc<Snapshot>, changed: &std::collections::BTreeSet<String>) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut carried: HashMap<String, Carried> = current
+            .carried
+            .iter()
+            .map(|(k, c)| {
+                let mut c = c.clone();
+                c.changed.extend(changed.iter().cloned());
+                (k.clone(), c)
+            })
+            .collect();
+        for (k, assignments) in lock(&current.endpoints).iter() {
+            carried.insert(
+                k.clone(),
+                Carried {
+                    assignments: assignments.clone(),
+                    changed: changed.clone(),
+                },
+            );
+        }
+        *current = Arc::new(Generation {
+            snap,
+            carried,
             ..Default::default()
         });
     }
@@ -163,15 +203,27 @@ impl Discovery {
             }
             ENDPOINT_TYPE => {
                 let key = dr_scope_key(&ctx);
+                let carried = generation.carried.get(&key);
                 let all = lock(&generation.endpoints)
                     .entry(key)
-                    .or_insert_with(|| {
-                        Arc::new(
+                    .or_insert_with(|| match carried {
+                        Some(c) => {
+                            let mut all = (*c.assignments).clone();
+                            let changed: Vec<String> = c.changed.iter().cloned().collect();
+                            for n in &changed {
+                                all.remove(n);
+                            }
+                            for e in gen::endpoint::endpoints(&ctx, &changed) {
+                                all.insert(e.cluster_name.clone(), endpoint_resource(&e));
+                            }
+                            Arc::new(all)
+                        }
+                        None => Arc::new(
                             gen::endpoint::endpoints(&ctx, &[])
                                 .iter()
                                 .map(|e| (e.cluster_name.clone(), endpoint_resource(e)))
                                 .collect(),
-                        )
+                        ),
                     })
                     .clone();
                 if names.is_empty() {
@@ -209,10 +261,13 @@ mod tests {
     use crate::registry::{Event, Store};
 
     fn snapshot() -> Arc<Snapshot> {
-        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\n\
+        snapshot_of("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\n\
                     spec: {clusterIP: 198.19.0.1, selector: {app: web}, ports: [{name: http, port: 80}]}\n---\n\
                     apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: a, labels: {app: web}}\n\
-                    status: {podIP: 198.18.0.5}\n";
+                    status: {podIP: 198.18.0.5}\n")
+    }
+
+    fn snapshot_of(text: &str) -> Arc<Snapshot> {
         let mut store = Store::default();
         for o in crate::model::parse_manifests(std::path::Path::new("t.yaml"), text).unwrap() {
             store.apply(Event::Added(Arc::new(o)));
@@ -287,5 +342,39 @@ mod tests {
         d.update(snapshot());
         let c = d.resources(&other, CLUSTER_TYPE, &[]);
         assert!(!Arc::ptr_eq(&b[0].body, &c[0].body));
+    }
+
+    #[test]
+    fn an_endpoint_update_regenerates_only_the_changed_assignments() {
+        let two = |web_ip: &str| {
+            snapshot_of(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: a}}\n\
+                 spec: {{clusterIP: 198.19.0.1, selector: {{app: web}}, ports: [{{name: http, port: 80}}]}}\n---\n\
+                 apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: a}}\n\
+                 spec: {{clusterIP: 198.19.0.2, selector: {{app: db}}, ports: [{{name: tcp, port: 5432}}]}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {{name: web-1, namespace: a, labels: {{app: web}}}}\n\
+                 status: {{podIP: {web_ip}}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {{name: db-1, namespace: a, labels: {{app: db}}}}\n\
+                 status: {{podIP: 198.18.0.9}}\n"
+            ))
+        };
+        let p = Proxy::sidecar("198.18.0.6".parse().unwrap(), "client", "b");
+        let d = Discovery::new(MeshConfig::default());
+        d.update(two("198.18.0.5"));
+        let before = d.resources(&p, ENDPOINT_TYPE, &[]);
+        let web = "outbound|80||web.a.svc.cluster.local".to_string();
+        // Two endpoint-only snapshots in a row, the first never asked for: both carry over.
+        d.update_endpoints(two("198.18.0.7"), &[web.clone()].into());
+        d.update_endpoints(two("198.18.0.8"), &[web.clone()].into());
+        let after = d.resources(&p, ENDPOINT_TYPE, &[]);
+        let fresh = Discovery::new(MeshConfig::default());
+        fresh.update(two("198.18.0.8"));
+        let expected = fresh.resources(&p, ENDPOINT_TYPE, &[]);
+        let digests = |v: &[Resource]| v.iter().map(|r| (r.name.clone(), r.digest)).collect::<Vec<_>>();
+        assert_eq!(digests(&after), digests(&expected));
+        assert_eq!(after.len(), 2);
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(Arc::ptr_eq(&b.body, &a.body), a.name != web, "{}", a.name);
+        }
     }
 }

@@ -87,14 +87,22 @@ fn assignment(
     name: String,
     subset: Option<&std::collections::BTreeMap<String, String>>,
 ) -> endpoint::ClusterLoadAssignment {
-    let mut lb_endpoints: Vec<endpoint::LbEndpoint> = svc
+    // Ordered by address text then port text (a stable order, so equal sets encode equally),
+    // one entry per address:port.
+    let mut chosen: Vec<(String, String, _)> = svc
         .endpoints_for(port)
         .filter(|e| e.ready)
         .filter(|e| subset.is_none_or(|want| want.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
-        .map(|e| endpoint::LbEndpoint {
+        .map(|e| (e.ip.to_string(), e.port.to_string(), e))
+        .collect();
+    chosen.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    chosen.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    let lb_endpoints: Vec<endpoint::LbEndpoint> = chosen
+        .into_iter()
+        .map(|(ip, _, e)| endpoint::LbEndpoint {
             host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
                 endpoint::Endpoint {
-                    address: socket_address(&e.ip.to_string(), e.port),
+                    address: socket_address(&ip, e.port),
                     ..Default::default()
                 },
             )),
@@ -103,8 +111,6 @@ fn assignment(
             load_balancing_weight: u32_value(1),
         })
         .collect();
-    lb_endpoints.sort_by_key(|e| format!("{:?}", e.host_identifier));
-    lb_endpoints.dedup_by(|a, b| a.host_identifier == b.host_identifier);
     if lb_endpoints.is_empty() {
         return endpoint::ClusterLoadAssignment {
             cluster_name: name,
