@@ -112,7 +112,9 @@ impl ControlPlane {
                     continue;
                 }
                 // Rebuilt even when no proxy needs a push, so problems show up in /debug/registryz.
+                let started = std::time::Instant::now();
                 let snap = store.rebuild();
+                tracing::debug!(elapsed = ?started.elapsed(), ?change, "registry snapshot rebuilt");
                 services.set(snap.services.len() as i64);
                 let scope = match change {
                     Change::Full => {

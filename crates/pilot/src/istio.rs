@@ -304,7 +304,7 @@ mod tests {
     fn index(yaml: &str) -> IstioIndex {
         let objs = parse_manifests(std::path::Path::new("t.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"));
         IstioIndex::build(objs.iter().filter_map(|o| match o {
-            Object::Istio(c) => Some(c),
+            Object::Istio(c) => Some(&**c),
             _ => None,
         }))
     }

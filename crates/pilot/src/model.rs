@@ -493,10 +493,10 @@ pub enum Object {
     Service(Service),
     Endpoints(Endpoints),
     EndpointSlice(EndpointSlice),
-    Pod(Pod),
+    Pod(Arc<Pod>),
     Deployment(Deployment),
-    Istio(IstioConfig),
-    Secret(Secret),
+    Istio(Arc<IstioConfig>),
+    Secret(Arc<Secret>),
 }
 
 /// Identity of an object: its kind, namespace (empty for Namespaces) and name.
@@ -550,10 +550,10 @@ impl Object {
             Object::Service(o) => &mut o.metadata,
             Object::Endpoints(o) => &mut o.metadata,
             Object::EndpointSlice(o) => &mut o.metadata,
-            Object::Pod(o) => &mut o.metadata,
+            Object::Pod(o) => &mut Arc::make_mut(o).metadata,
             Object::Deployment(o) => &mut o.metadata,
-            Object::Istio(o) => &mut o.metadata,
-            Object::Secret(o) => &mut o.metadata,
+            Object::Istio(o) => &mut Arc::make_mut(o).metadata,
+            Object::Secret(o) => &mut Arc::make_mut(o).metadata,
         }
     }
 
@@ -743,7 +743,7 @@ fn parse_object(
                     ));
                 }
             }
-            Object::Pod(p)
+            Object::Pod(Arc::new(p))
         }
         ("apps", "Deployment") => Object::Deployment(typed(&ctx, prefix, value)?),
         (g, k) if ISTIO_KINDS.iter().any(|(group, _)| *group == g) => {
@@ -767,17 +767,17 @@ fn parse_object(
             } else {
                 (None, Vec::new())
             };
-            Object::Istio(IstioConfig {
+            Object::Istio(Arc::new(IstioConfig {
                 api_version: api_version.clone(),
                 kind: kind.clone(),
                 metadata,
                 spec,
                 parsed,
                 warnings,
-            })
+            }))
         }
         ("", "Secret") => match parse_secret(&ctx, prefix, value)? {
-            Some(s) => Object::Secret(s),
+            Some(s) => Object::Secret(Arc::new(s)),
             None => return Ok(None),
         },
         (_, k) if IGNORED_KINDS.contains(&k) => {

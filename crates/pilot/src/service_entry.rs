@@ -141,7 +141,7 @@ mod tests {
     fn entries(yaml: &str) -> Vec<ServiceInfo> {
         let objs = parse_manifests(std::path::Path::new("se.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"));
         let ix = crate::istio::IstioIndex::build(objs.iter().filter_map(|o| match o {
-            Object::Istio(c) => Some(c),
+            Object::Istio(c) => Some(&**c),
             _ => None,
         }));
         ix.service_entries

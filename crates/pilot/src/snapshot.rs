@@ -462,14 +462,12 @@ impl Snapshot {
                     slices.entry((ns, svc)).or_default().push(s);
                 }
                 Object::Pod(p) => {
-                    snap.pods
-                        .insert((ns, p.metadata.name.clone()), Arc::new(p.clone()));
+                    snap.pods.insert((ns, p.metadata.name.clone()), p.clone());
                 }
                 Object::Deployment(_) => {}
-                Object::Istio(c) => snap.istio.push(Arc::new(c.clone())),
+                Object::Istio(c) => snap.istio.push(c.clone()),
                 Object::Secret(sec) => {
-                    snap.secrets
-                        .insert((ns, sec.metadata.name.clone()), Arc::new(sec.clone()));
+                    snap.secrets.insert((ns, sec.metadata.name.clone()), sec.clone());
                 }
             }
         }
