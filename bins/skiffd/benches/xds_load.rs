@@ -226,7 +226,20 @@ fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(SKIFFD)
+    // `XDS_WRAP="heaptrack -o /tmp/skiffd"` runs skiffd under a profiler (its RSS is then not
+    // measured: the pid is the wrapper's).
+    let wrap: Vec<String> = std::env::var("XDS_WRAP")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut command = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(SKIFFD);
+            c
+        }
+        None => Command::new(SKIFFD),
+    };
+    let mut child = command
         .arg("--config-dir")
         .arg(&dir)
         .args([
@@ -340,6 +353,9 @@ fn main() {
         change_ms.push(last.duration_since(t0).as_secs_f64() * 1000.0);
     }
     let (cpu_end, rss_end, hwm) = usage(pid);
+    // What skiffd holds once pushing has stopped (it returns freed heap pages after a quiet second).
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, rss_settled, _) = usage(pid);
     rt.shutdown_timeout(Duration::from_secs(1));
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -367,10 +383,11 @@ fn main() {
         cpu_end - cpu_after_first
     );
     println!(
-        "| skiffd RSS: idle / after first push / end (peak) | {:.1} / {:.1} / {:.1} ({:.1}) MiB |",
+        "| skiffd RSS: idle / after first push / end (peak) / settled | {:.1} / {:.1} / {:.1} ({:.1}) / {:.1} MiB |",
         rss_idle as f64 / 1024.0,
         rss_first as f64 / 1024.0,
         rss_end as f64 / 1024.0,
-        hwm as f64 / 1024.0
+        hwm as f64 / 1024.0,
+        rss_settled as f64 / 1024.0
     );
 }

@@ -97,6 +97,7 @@ impl ControlPlane {
         }));
         tasks.push(tokio::spawn(monitor.clone().serve(monitoring_listener)));
 
+        tasks.push(tokio::spawn(trim_after_pushes(ads.clone())));
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
         source.start(tx);
         let pusher = ads.pusher();
@@ -151,5 +152,34 @@ impl ControlPlane {
             ads,
             tasks,
         })
+    }
+}
+
+/// Hands freed heap pages back to the kernel once pushes quiet down. A push to many proxies
+/// allocates their responses and gRPC buffers all at once (≈1 MiB per proxy for a full push);
+/// glibc keeps such pages mapped after they are freed, so without this skiffd's RSS would stay
+/// at its push-time peak.
+async fn trim_after_pushes(ads: AdsServer<Discovery>) {
+    let mut last = ads.metrics().responses_sent();
+    let mut trimmed_at = last;
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = ads.metrics().responses_sent();
+        // Quiet for a whole tick since the last responses went out.
+        if now == last && now != trimmed_at {
+            trim_heap();
+            trimmed_at = now;
+        }
+        last = now;
+    }
+}
+
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -4,5 +4,6 @@
 
 pub use envoy_types::pb;
 pub mod client;
+mod grpc;
 pub mod json;
 pub mod server;

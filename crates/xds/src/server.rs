@@ -11,7 +11,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -22,16 +21,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::StreamExt;
+use tonic::{Status, Streaming};
 
+pub use crate::grpc::AdsService;
+use crate::grpc::{Outgoing, SotwResponse};
 use crate::pb::envoy::config::core::v3::Node;
-use crate::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use crate::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
 use crate::pb::google::protobuf::Any;
 
@@ -252,9 +249,16 @@ pub struct Metrics {
     rejects: Family<TypeLabel, Counter>,
     debounced: Counter,
     push_triggers: Counter,
+    /// All responses, every type (not exported; see [`Metrics::responses_sent`]).
+    responses: Counter,
 }
 
 impl Metrics {
+    /// Responses sent on all streams so far: lets a caller see when pushing has quieted down.
+    pub fn responses_sent(&self) -> u64 {
+        self.responses.get()
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         registry.register("pilot_xds", "Connected xDS clients", self.connected.clone());
         registry.register(
@@ -387,10 +391,8 @@ impl<G: Generator> AdsServer<G> {
     }
 
     /// The tonic service to add to a `tonic::transport::Server`.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer<G>> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(usize::MAX)
+    pub fn service(&self) -> AdsService<G> {
+        AdsService::new(self.clone())
     }
 }
 
@@ -429,81 +431,94 @@ async fn debounce_loop<G: Generator>(
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send + 'static>>;
-type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send + 'static>>;
+/// The first request of a stream, which carries the node (only guaranteed there).
+async fn first_request<T: Send + 'static>(inbound: &mut Streaming<T>) -> Result<T, Status> {
+    match inbound.message().await? {
+        Some(r) => Ok(r),
+        None => Err(Status::cancelled("stream closed before the first request")),
+    }
+}
 
-#[tonic::async_trait]
-impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
-    type StreamAggregatedResourcesStream = ResponseStream;
-    type DeltaAggregatedResourcesStream = DeltaStream;
-
-    async fn stream_aggregated_resources(
+impl<G: Generator> AdsServer<G> {
+    /// Starts a state-of-the-world stream: its responses go to `out`. A stream refused (no node,
+    /// a node the generator does not accept) gets its status there.
+    pub(crate) async fn open_sotw(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<ResponseStream>, Status> {
-        let peer = request.remote_addr();
-        let mut inbound = request.into_inner();
-        // The node is only guaranteed on the first request of a stream.
-        let first = match inbound.message().await? {
-            Some(r) => r,
-            None => return Err(Status::cancelled("stream closed before the first request")),
+        peer: Option<SocketAddr>,
+        mut inbound: Streaming<DiscoveryRequest>,
+        out: mpsc::UnboundedSender<Outgoing>,
+    ) {
+        let accepted = async {
+            let first = first_request(&mut inbound).await?;
+            let node = first
+                .node
+                .clone()
+                .ok_or_else(|| Status::invalid_argument("the first DiscoveryRequest has no node"))?;
+            let proxy = self
+                .shared
+                .generator
+                .connect(&node, peer)
+                .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?;
+            Ok::<_, Status>((first, node, proxy))
         };
-        let node = first
-            .node
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("the first DiscoveryRequest has no node"))?;
-        let proxy = self
-            .shared
-            .generator
-            .connect(&node, peer)
-            .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?;
+        let (first, node, proxy) = match accepted.await {
+            Ok(a) => a,
+            Err(status) => {
+                let _ = out.send(Outgoing::Error(status));
+                return;
+            }
+        };
         let (id, push_rx) = self.register(&node, peer);
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let conn = Connection {
             id,
             node_id: node.id.clone(),
             shared: self.shared.clone(),
             proxy,
-            out: out_tx,
+            out,
             types: HashMap::new(),
             nonce_seq: 0,
         };
         tokio::spawn(conn.run(first, inbound, push_rx));
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(out_rx))))
     }
 
-    async fn delta_aggregated_resources(
+    /// Starts an incremental stream (see [`AdsServer::open_sotw`]).
+    pub(crate) async fn open_delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaStream>, Status> {
-        let peer = request.remote_addr();
-        let mut inbound = request.into_inner();
-        let first = match inbound.message().await? {
-            Some(r) => r,
-            None => return Err(Status::cancelled("stream closed before the first request")),
+        peer: Option<SocketAddr>,
+        mut inbound: Streaming<DeltaDiscoveryRequest>,
+        out: mpsc::UnboundedSender<Outgoing>,
+    ) {
+        let accepted = async {
+            let first = first_request(&mut inbound).await?;
+            let node = first
+                .node
+                .clone()
+                .ok_or_else(|| Status::invalid_argument("the first DeltaDiscoveryRequest has no node"))?;
+            let proxy = self
+                .shared
+                .generator
+                .connect(&node, peer)
+                .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?;
+            Ok::<_, Status>((first, node, proxy))
         };
-        let node = first
-            .node
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("the first DeltaDiscoveryRequest has no node"))?;
-        let proxy = self
-            .shared
-            .generator
-            .connect(&node, peer)
-            .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?;
+        let (first, node, proxy) = match accepted.await {
+            Ok(a) => a,
+            Err(status) => {
+                let _ = out.send(Outgoing::Error(status));
+                return;
+            }
+        };
         let (id, push_rx) = self.register(&node, peer);
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let conn = DeltaConnection {
             id,
             node_id: node.id.clone(),
             shared: self.shared.clone(),
             proxy,
-            out: out_tx,
+            out,
             types: HashMap::new(),
             nonce_seq: 0,
         };
         tokio::spawn(conn.run(first, inbound, push_rx));
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(out_rx))))
     }
 }
 
@@ -561,6 +576,7 @@ fn count_reject<G: Generator>(shared: &Shared<G>, type_url: &str) {
 }
 
 fn count_push<G: Generator>(shared: &Shared<G>, type_url: &str) {
+    shared.metrics.responses.inc();
     shared
         .metrics
         .pushes
@@ -606,7 +622,7 @@ struct Connection<G: Generator> {
     node_id: String,
     shared: Arc<Shared<G>>,
     proxy: G::Proxy,
-    out: mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>,
+    out: mpsc::UnboundedSender<Outgoing>,
     types: HashMap<String, Watch>,
     nonce_seq: u64,
 }
@@ -778,7 +794,7 @@ impl<G: Generator> Connection<G> {
                     );
                 }
             }
-            out.push((*r.body).clone());
+            out.push(r.body.clone());
             pending.push(r.name);
         }
         if !out.is_empty() {
@@ -850,23 +866,22 @@ impl<G: Generator> Connection<G> {
         let version = lock(&self.shared.version).clone();
         self.send(
             type_url,
-            out.into_iter().map(|(_, _, b)| (*b).clone()).collect(),
+            out.into_iter().map(|(_, _, b)| b).collect(),
             Some(version),
         );
         true
     }
 
-    fn send(&mut self, type_url: &str, resources: Vec<Any>, version: Option<String>) {
+    fn send(&mut self, type_url: &str, resources: Vec<Arc<Any>>, version: Option<String>) {
         self.nonce_seq += 1;
         let nonce = format!("{:016x}{:04x}", fastrand::u64(..), self.nonce_seq & 0xffff);
         let version = version.unwrap_or_else(|| lock(&self.shared.version).clone());
         let count = resources.len();
-        let resp = DiscoveryResponse {
+        let resp = SotwResponse {
             version_info: version.clone(),
             resources,
             type_url: type_url.to_owned(),
             nonce: nonce.clone(),
-            ..Default::default()
         };
         if let Some(w) = self.types.get_mut(type_url) {
             w.sent_nonce = Some(nonce.clone());
@@ -877,7 +892,7 @@ impl<G: Generator> Connection<G> {
             t.sent_version = Some(version);
         });
         tracing::debug!(node = %self.node_id, r#type = short_type(type_url), count, "push");
-        let _ = self.out.send(Ok(resp));
+        let _ = self.out.send(Outgoing::Sotw(resp));
     }
 }
 
@@ -902,7 +917,7 @@ struct DeltaConnection<G: Generator> {
     node_id: String,
     shared: Arc<Shared<G>>,
     proxy: G::Proxy,
-    out: mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, Status>>,
+    out: mpsc::UnboundedSender<Outgoing>,
     types: HashMap<String, DeltaWatch>,
     nonce_seq: u64,
 }
@@ -1162,7 +1177,7 @@ impl<G: Generator> DeltaConnection<G> {
             t.sent_version = Some(version.clone());
         });
         tracing::debug!(node = %self.node_id, r#type = short_type(type_url), count, removed = removed.len(), "delta push");
-        let _ = self.out.send(Ok(DeltaDiscoveryResponse {
+        let _ = self.out.send(Outgoing::Delta(DeltaDiscoveryResponse {
             system_version_info: version,
             resources,
             type_url: type_url.to_owned(),
