@@ -123,6 +123,7 @@ fn a_rejected_cluster_is_nacked_and_the_last_good_one_serves() {
             Debounce {
                 quiet: Duration::from_millis(10),
                 max: Duration::from_millis(100),
+                endpoints: true,
             },
         )
     });

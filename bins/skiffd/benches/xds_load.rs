@@ -5,7 +5,9 @@
 //!
 //! `cargo bench -p skiffd --bench xds_load` (release build; prints a Markdown table). Loopback
 //! only. Options through the environment: `XDS_SERVICES` (1000), `XDS_PROXIES` (100),
-//! `XDS_ROUNDS` (5), `XDS_DEBOUNCE` (skiffd's `--debounce-after`, Istio's 100ms).
+//! `XDS_ROUNDS` (5), `XDS_DEBOUNCE` (skiffd's `--debounce-after`, Istio's 100ms),
+//! `XDS_EDS_DEBOUNCE` (`--eds-debounce`, Istio's true), `XDS_LOG` (skiffd's log level, shown),
+//! `XDS_WRAP` (a profiler command to run skiffd under).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -212,6 +214,8 @@ fn main() {
     let rounds = env_num("XDS_ROUNDS", 5);
     // istiod's default quiet period; the change latency below includes it.
     let debounce = std::env::var("XDS_DEBOUNCE").unwrap_or_else(|_| "100ms".to_owned());
+    // istiod's PILOT_ENABLE_EDS_DEBOUNCE: whether endpoint-only pushes wait for the debounce.
+    let eds_debounce = std::env::var("XDS_EDS_DEBOUNCE").unwrap_or_else(|_| "true".to_owned());
     let dir = std::env::temp_dir().join(format!("skiff-xds-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     write_registry(&dir, services, None);
@@ -254,6 +258,8 @@ fn main() {
             &std::env::var("XDS_LOG").unwrap_or_else(|_| "default:warn".into()),
             "--debounce-after",
             &debounce,
+            "--eds-debounce",
+            &eds_debounce,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -368,7 +374,7 @@ fn main() {
         first_full.as_secs_f64() * 1000.0
     );
     println!(
-        "| one endpoint change → every proxy (median of {rounds}; from writing the file, through inotify and the {debounce} debounce) | {:.1} ms (min {:.1}, max {:.1}) |",
+        "| one endpoint change → every proxy (median of {rounds}; from writing the file, through inotify and the {debounce} debounce, EDS debounce {eds_debounce}) | {:.1} ms (min {:.1}, max {:.1}) |",
         median(change_ms.clone()),
         change_ms.iter().copied().fold(f64::MAX, f64::min),
         change_ms.iter().copied().fold(0.0, f64::max)

@@ -59,6 +59,10 @@ pub struct DiscoveryFlags {
     /// Longest a push waits while changes keep arriving (`PILOT_DEBOUNCE_MAX`).
     #[arg(long = "debounce-max", env = "PILOT_DEBOUNCE_MAX", default_value = "1s", value_parser = api::duration::parse)]
     pub debounce_max: std::time::Duration,
+    /// Whether endpoint-only pushes are debounced too (Istio's `PILOT_ENABLE_EDS_DEBOUNCE`).
+    /// `false` sends them at once.
+    #[arg(long = "eds-debounce", env = "PILOT_ENABLE_EDS_DEBOUNCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub eds_debounce: bool,
 }
 
 #[derive(Args, Debug)]

@@ -81,6 +81,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 debounce: xds::server::Debounce {
                     quiet: d.debounce_after,
                     max: d.debounce_max,
+                    endpoints: d.eds_debounce,
                 },
             };
             let cp = pilot::app::ControlPlane::start(config, source).await?;

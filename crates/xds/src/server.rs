@@ -145,6 +145,9 @@ impl PushScope {
 pub struct Debounce {
     pub quiet: Duration,
     pub max: Duration,
+    /// Whether endpoint-only pushes wait too (Istio's `PILOT_ENABLE_EDS_DEBOUNCE`, on by
+    /// default). Off, they go out at once: fresher endpoints for more, smaller pushes.
+    pub endpoints: bool,
 }
 
 impl Default for Debounce {
@@ -152,6 +155,7 @@ impl Default for Debounce {
         Debounce {
             quiet: Duration::from_millis(100),
             max: Duration::from_secs(1),
+            endpoints: true,
         }
     }
 }
@@ -406,13 +410,32 @@ async fn debounce_loop<G: Generator>(
     debounce: Debounce,
 ) {
     let mut n = 0u64;
+    let mut push = |scope: PushScope| {
+        n += 1;
+        let version = version_string(n);
+        *lock(&shared.version) = version.clone();
+        shared.metrics.debounced.inc();
+        tracing::debug!(version = %version, full = matches!(scope, PushScope::Full), "push");
+        let event = Arc::new(PushEvent { scope });
+        lock(&shared.conns).retain(|_, tx| tx.send(event.clone()).is_ok());
+    };
+    // Endpoint-only pushes skip the wait when EDS debouncing is off (as istiod does).
+    let immediate = |scope: &PushScope| !debounce.endpoints && matches!(scope, PushScope::Endpoints(_));
     while let Some(first) = rx.recv().await {
         shared.metrics.push_triggers.inc();
+        if immediate(&first) {
+            push(first);
+            continue;
+        }
         let started = tokio::time::Instant::now();
         let mut scope = first;
         loop {
             let deadline = (tokio::time::Instant::now() + debounce.quiet).min(started + debounce.max);
             match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(next)) if immediate(&next) => {
+                    shared.metrics.push_triggers.inc();
+                    push(next);
+                }
                 Ok(Some(next)) => {
                     shared.metrics.push_triggers.inc();
                     scope = scope.merge(next);
@@ -421,13 +444,7 @@ async fn debounce_loop<G: Generator>(
                 Err(_) => break,
             }
         }
-        n += 1;
-        let version = version_string(n);
-        *lock(&shared.version) = version.clone();
-        shared.metrics.debounced.inc();
-        tracing::debug!(version = %version, full = matches!(scope, PushScope::Full), "push");
-        let event = Arc::new(PushEvent { scope });
-        lock(&shared.conns).retain(|_, tx| tx.send(event.clone()).is_ok());
+        push(scope);
     }
 }
 

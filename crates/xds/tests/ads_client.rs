@@ -112,6 +112,7 @@ impl Server {
                 Debounce {
                     quiet: Duration::from_millis(10),
                     max: Duration::from_millis(100),
+                    endpoints: true,
                 },
             )
         });

@@ -76,19 +76,22 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_with(Debounce {
+        quiet: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+        endpoints: true,
+    })
+    .await
+}
+
+async fn start_with(debounce: Debounce) -> Harness {
     let fake = Arc::new(Fake::default());
     fake.set(CLUSTER_TYPE, "a", "a1");
     fake.set(CLUSTER_TYPE, "b", "b1");
     fake.set(ENDPOINT_TYPE, "a", "ea1");
     fake.set(ENDPOINT_TYPE, "b", "eb1");
     fake.set(LISTENER_TYPE, "l", "l1");
-    let ads = AdsServer::new(
-        fake.clone(),
-        Debounce {
-            quiet: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-        },
-    );
+    let ads = AdsServer::new(fake.clone(), debounce);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let svc = ads.service();
@@ -308,6 +311,50 @@ async fn pushes_are_debounced_and_nodes_are_checked() {
     assert!(
         h.ads.sync_status().is_empty(),
         "disconnected proxies are forgotten"
+    );
+}
+
+/// With EDS debouncing off (`PILOT_ENABLE_EDS_DEBOUNCE=false`), endpoint-only pushes skip the
+/// quiet period; full pushes still wait for it.
+#[tokio::test]
+async fn endpoint_pushes_can_skip_the_debounce() {
+    let h = start_with(Debounce {
+        quiet: Duration::from_secs(2),
+        max: Duration::from_secs(4),
+        endpoints: false,
+    })
+    .await;
+    let mut p = connect(h.addr, NODE).await.unwrap();
+    let cds = p.next().await;
+    p.ack(&cds, &[]);
+    p.subscribe(ENDPOINT_TYPE, &["a", "b"]);
+    let eds = p.next().await;
+    p.ack(&eds, &["a", "b"]);
+    // A full push starts the 2 s wait; an endpoint change meanwhile goes out at once.
+    h.fake.set(CLUSTER_TYPE, "a", "a2");
+    h.ads.pusher().push(PushScope::Full);
+    h.fake.set(ENDPOINT_TYPE, "b", "eb2");
+    let t0 = std::time::Instant::now();
+    h.ads
+        .pusher()
+        .push(PushScope::Endpoints(["b".to_string()].into_iter().collect()));
+    let e = p.next().await;
+    assert_eq!(
+        (e.type_url.as_str(), contents(&e)),
+        (ENDPOINT_TYPE, vec!["eb2".to_string()])
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "not debounced: {:?}",
+        t0.elapsed()
+    );
+    p.ack(&e, &["a", "b"]);
+    let c = p.next().await;
+    assert_eq!(contents(&c), ["a2", "b1"]);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1900),
+        "debounced: {:?}",
+        t0.elapsed()
     );
 }
 
