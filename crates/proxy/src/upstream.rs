@@ -298,6 +298,14 @@ impl Pools {
         let local = conn.local;
         let resp = conn.sender.send_request(req).await.map_err(reset_reason)?;
         if conn.used < max_uses {
+            if conn.sender.is_ready() {
+                // The whole response has been read off the connection already (its body waits
+                // in the body channel) and the connection is idle: back to the pool now, as
+                // hyper's own client does, without a task per request.
+                pool.idle.borrow_mut().push(conn);
+                pool.released.notify_one();
+                return Ok((resp, local));
+            }
             // Back to the pool once this response body has been read.
             let pool = pool.clone();
             tokio::task::spawn_local(async move {
