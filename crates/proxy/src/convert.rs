@@ -686,7 +686,7 @@ fn tcp_proxy(ctx: &mut Ctx<'_>, field: &str, c: &tcp_proxy::TcpProxy) -> Result<
             w.clusters
                 .iter()
                 .map(|c| WeightedCluster {
-                    name: c.name.clone(),
+                    name: Arc::from(c.name.as_str()),
                     weight: c.weight,
                 })
                 .collect(),
@@ -1153,7 +1153,7 @@ fn route_action(ctx: &mut Ctx<'_>, field: &str, a: &route::RouteAction) -> Resul
     use route::route_action::ClusterSpecifier as C;
     use route::route_action::HostRewriteSpecifier as H;
     let cluster = match &a.cluster_specifier {
-        Some(C::Cluster(c)) if !c.is_empty() => ClusterPick::Named(c.clone()),
+        Some(C::Cluster(c)) if !c.is_empty() => ClusterPick::Named(Arc::from(c.as_str())),
         Some(C::ClusterHeader(h)) => {
             ClusterPick::Header(header_name(ctx, &format!("{field}.cluster_header"), h)?)
         }
@@ -1175,7 +1175,7 @@ fn route_action(ctx: &mut Ctx<'_>, field: &str, a: &route::RouteAction) -> Resul
                 )?;
                 clusters.push((
                     WeightedCluster {
-                        name: c.name.clone(),
+                        name: Arc::from(c.name.as_str()),
                         weight,
                     },
                     m,

@@ -324,6 +324,19 @@ fn request_id() -> HeaderValue {
 
 /// Headers that describe one hop and are never forwarded.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first (cheap comparisons, no hashing): most messages carry none
+    // of them, or only `connection: keep-alive`.
+    let hop = |k: &HeaderName| {
+        k == http::header::CONNECTION
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+            || k == http::header::TRANSFER_ENCODING
+            || k == http::header::UPGRADE
+            || k == http::header::TE
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
     if headers.contains_key(http::header::CONNECTION) {
         strip_connection_listed(headers);
     }
@@ -344,12 +357,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes the headers a `Connection` header names (except `te`).
 fn strip_connection_listed(headers: &mut HeaderMap) {
+    // `keep-alive` (the usual value) is removed with the other hop-by-hop headers anyway.
     let listed: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
         .collect();
     for n in listed {
         if n != http::header::TE {
@@ -939,8 +955,11 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     } else {
         Controls::default()
     };
-    for h in &INTERNAL_ONLY {
-        parts.headers.remove(h);
+    // One pass over the names rather than 14 hashed lookups: most requests carry none.
+    if parts.headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        for h in &INTERNAL_ONLY {
+            parts.headers.remove(h);
+        }
     }
     if internal {
         parts.headers.insert(
@@ -1061,11 +1080,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         Action::Forward(a) => match &a.cluster {
             ClusterPick::Named(n) => (Some(n.clone()), None),
             ClusterPick::Header(h) => (
-                parts
-                    .headers
-                    .get(h)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
+                parts.headers.get(h).and_then(|v| v.to_str().ok()).map(Arc::from),
                 None,
             ),
             ClusterPick::Weighted { clusters, total } => match route::pick_weighted(clusters, *total) {
@@ -1077,7 +1092,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     };
     let cluster = cluster_name.as_deref().and_then(|n| snap.cluster(n).cloned());
     if cluster.is_some() {
-        rec.upstream_cluster = cluster_name.as_deref().map(Arc::from);
+        rec.upstream_cluster = cluster_name.clone();
     }
 
     // HTTP filters before the router (fault, CORS), in configured order.
@@ -1245,27 +1260,28 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     }
 
     // Path and host rewrites.
-    let mut upstream_path = path.clone();
-    if let Some(new) = route::rewrite_path(action, &route.matcher.path, &path) {
+    // (Borrowed unless rewritten: no copies per request.)
+    let rewritten_path = route::rewrite_path(action, &route.matcher.path, &path);
+    if rewritten_path.is_some() {
         if let Ok(v) = HeaderValue::from_str(&path) {
             parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
         }
-        upstream_path = new;
     }
-    let mut upstream_authority = authority.clone();
-    match &action.host_rewrite {
-        Some(HostRewrite::Literal(h)) => upstream_authority = h.clone(),
-        Some(HostRewrite::Header(h)) => {
-            if let Some(v) = parts.headers.get(h).and_then(|v| v.to_str().ok()) {
-                upstream_authority = v.to_owned();
-            }
-        }
+    let upstream_path: &str = rewritten_path.as_deref().unwrap_or(&path);
+    let rewritten_authority = match &action.host_rewrite {
+        Some(HostRewrite::Literal(h)) => Some(h.clone()),
+        Some(HostRewrite::Header(h)) => parts
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         Some(HostRewrite::PathRegex(re, sub)) => {
             let p = path.split('?').next().unwrap_or("");
-            upstream_authority = re.replace_all(p, sub.as_str()).into_owned();
+            Some(re.replace_all(p, sub.as_str()).into_owned())
         }
-        Some(HostRewrite::Auto) | None => {}
-    }
+        Some(HostRewrite::Auto) | None => None,
+    };
+    let upstream_authority: &str = rewritten_authority.as_deref().unwrap_or(&authority);
     if upstream_authority != authority {
         if let Ok(v) = HeaderValue::from_str(&authority) {
             parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
@@ -1338,7 +1354,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     }
     strip_hop_by_hop(&mut parts.headers);
     // The access log sees the request as it went upstream (rewritten path and host).
-    rec.request = Some(view(&parts.headers, &upstream_path, &upstream_authority));
+    rec.request = Some(view(&parts.headers, upstream_path, upstream_authority));
 
     let routed_reply = |mut reply: LocalReply| {
         mutate(
@@ -1384,9 +1400,9 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
             continue;
         };
         let shadow_authority = if m.keep_host {
-            upstream_authority.clone()
+            upstream_authority.to_owned()
         } else {
-            shadow_host(&upstream_authority)
+            shadow_host(upstream_authority)
         };
         let mut headers = parts.headers.clone();
         if let Some(t) = timeout {
@@ -1398,7 +1414,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         let (w, method, upstream_path, tee) = (
             ctx.worker.clone(),
             method.clone(),
-            upstream_path.clone(),
+            upstream_path.to_owned(),
             tee.clone(),
         );
         let original_dst = ctx.meta.destination;
@@ -1513,8 +1529,8 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         }
         let req = build_upstream_request(
             &method,
-            &upstream_path,
-            &upstream_authority,
+            upstream_path,
+            upstream_authority,
             headers,
             http2,
             &host,
@@ -1661,9 +1677,10 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
                 rec.response_duration = Some(started.elapsed());
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
-                if let Ok(v) = HeaderValue::from_str(&upstream_ms.to_string()) {
-                    rparts.headers.insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
-                }
+                rparts.headers.insert(
+                    X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                    HeaderValue::from(upstream_ms as u64),
+                );
                 mutate(
                     &mut rparts.headers,
                     levels,
@@ -1839,20 +1856,22 @@ fn build_upstream_request(
     action: &RouteAction,
     body: Body,
 ) -> Request<Body> {
+    let auto;
     let authority = if matches!(action.host_rewrite, Some(HostRewrite::Auto)) {
-        host.address.to_string()
+        auto = host.address.to_string();
+        &auto
     } else {
-        authority.to_owned()
+        authority
     };
     let uri = if http2 {
         headers.remove(HOST);
         Uri::builder()
             .scheme("http")
-            .authority(authority.as_str())
+            .authority(authority)
             .path_and_query(path)
             .build()
     } else {
-        if let Ok(v) = HeaderValue::from_str(&authority) {
+        if let Ok(v) = HeaderValue::from_str(authority) {
             headers.insert(HOST, v);
         }
         explicit_empty_length(method, &mut headers, body.is_end_stream());

@@ -143,7 +143,8 @@ pub enum ClusterTarget {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightedCluster {
-    pub name: String,
+    /// Shared with the access log and metrics of every request (no copy per request).
+    pub name: Arc<str>,
     pub weight: u32,
 }
 
@@ -403,9 +404,9 @@ impl RouteConfig {
             .flat_map(|r| {
                 let names: Vec<&str> = match &r.action {
                     Action::Forward(a) => match &a.cluster {
-                        ClusterPick::Named(n) => vec![n.as_str()],
+                        ClusterPick::Named(n) => vec![&**n],
                         ClusterPick::Weighted { clusters, .. } => {
-                            clusters.iter().map(|(c, _)| c.name.as_str()).collect()
+                            clusters.iter().map(|(c, _)| &*c.name).collect()
                         }
                         ClusterPick::Header(_) => vec![],
                     },
@@ -521,7 +522,8 @@ pub enum HostRewrite {
 
 #[derive(Debug)]
 pub enum ClusterPick {
-    Named(String),
+    /// Shared with the access log and metrics of every request (no copy per request).
+    Named(Arc<str>),
     Header(HeaderName),
     Weighted {
         clusters: Vec<(WeightedCluster, HeaderMutations)>,

@@ -510,7 +510,7 @@ mod tests {
     #[test]
     fn prefix_rewrite_keeps_the_rest_and_the_query() {
         let action = RouteAction {
-            cluster: ClusterPick::Named("c".into()),
+            cluster: ClusterPick::Named(std::sync::Arc::from("c")),
             cluster_not_found_code: 503,
             prefix_rewrite: Some("/".into()),
             regex_rewrite: None,

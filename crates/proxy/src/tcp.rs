@@ -63,7 +63,7 @@ pub fn pick_cluster(target: &ClusterTarget) -> Option<&str> {
         ClusterTarget::Weighted(list) => {
             let total: u32 = list.iter().map(|c| c.weight).sum();
             if total == 0 {
-                return list.first().map(|c| c.name.as_str());
+                return list.first().map(|c| &*c.name);
             }
             let mut r = fastrand::u32(0..total);
             for c in list {
@@ -72,7 +72,7 @@ pub fn pick_cluster(target: &ClusterTarget) -> Option<&str> {
                 }
                 r -= c.weight;
             }
-            list.last().map(|c| c.name.as_str())
+            list.last().map(|c| &*c.name)
         }
     }
 }
