@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::access_log::{self, LogRecord, RequestView, ResponseFlags};
+use crate::batch_io::{BatchedWrites, Batching};
 use crate::cluster::{ClusterState, Host, LbContext, SlotKind};
 use crate::convert::traffic;
 use crate::cors;
@@ -132,7 +133,13 @@ pub async fn serve<S>(
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handle(ctx, req).await) }
     });
-    let io = TokioIo::new(stream);
+    // HTTP/2 gets its writes batched per flush (see `batch_io`); HTTP/1.1 batches its own.
+    let batching = match (hcm.codec, h2) {
+        (Codec::Http2, _) | (Codec::Auto, Some(true)) => Batching::On,
+        (Codec::Auto, None) => Batching::OnH2Preface,
+        _ => Batching::Off,
+    };
+    let io = TokioIo::new(BatchedWrites::new(stream, batching));
     let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
     let mut builder = hyper_util::server::conn::auto::Builder::new(upstream::LocalExec);
     builder

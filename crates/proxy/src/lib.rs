@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app_probe;
+pub mod batch_io;
 pub mod bootstrap;
 pub mod cli;
 pub mod cluster;

@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 
+use crate::batch_io::{BatchedWrites, Batching};
 use crate::cluster::{ClusterState, Host, SlotKind};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -225,7 +226,7 @@ impl Pools {
                 let local = stream.local_addr().ok();
                 let (sender, conn) = http2::Builder::new(LocalExec)
                     .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(stream))
+                    .handshake(TokioIo::new(BatchedWrites::new(stream, Batching::On)))
                     .await
                     .map_err(|e| UpstreamError::Reset(format!("protocol error: {e}")))?;
                 tokio::task::spawn_local(async move {
