@@ -374,7 +374,7 @@ mod tests {
         assert_eq!(digests(&after), digests(&expected));
         assert_eq!(after.len(), 2);
         for (b, a) in before.iter().zip(&after) {
-            assert_eq!(Arc::ptr_eq(&b.body, &a.body), a.name != web, "{}", a.name);
+            assert_eq!(Arc::ptr_eq(&b.body, &a.body), *a.name != *web, "{}", a.name);
         }
     }
 }

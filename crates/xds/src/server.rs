@@ -74,7 +74,8 @@ fn is_wildcard(type_url: &str) -> bool {
 /// One named resource, already packed. `Arc` so a generator can share bytes between proxies.
 #[derive(Clone, Debug)]
 pub struct Resource {
-    pub name: String,
+    /// Shared: every proxy's stream state keys on the same name without copying it.
+    pub name: Arc<str>,
     pub body: Arc<Any>,
     /// Identity of the content: equal digests are not sent again. Protobuf maps encode in hash
     /// order, so equal content can encode differently; generators whose messages carry maps with
@@ -84,7 +85,7 @@ pub struct Resource {
 
 impl Resource {
     /// A resource whose digest is that of its bytes.
-    pub fn new(name: impl Into<String>, body: Any) -> Resource {
+    pub fn new(name: impl Into<Arc<str>>, body: Any) -> Resource {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         body.type_url.hash(&mut h);
         body.value.hash(&mut h);
@@ -92,7 +93,7 @@ impl Resource {
         Resource::with_digest(name, body, digest)
     }
 
-    pub fn with_digest(name: impl Into<String>, body: Any, digest: u64) -> Resource {
+    pub fn with_digest(name: impl Into<Arc<str>>, body: Any, digest: u64) -> Resource {
         Resource {
             name: name.into(),
             body: Arc::new(body),
@@ -626,12 +627,12 @@ struct Watch {
     sent_nonce: Option<String>,
     /// Every resource the proxy holds or is being sent. Updated in place, so an ACK or an
     /// endpoint push costs what it carries, not what the proxy holds.
-    held: HashMap<String, Held>,
+    held: HashMap<Arc<str>, Held>,
     /// The names sent since the proxy last answered (an answer to an older nonce is ignored,
     /// so the next answer speaks for all of them).
-    pending: Vec<String>,
+    pending: Vec<Arc<str>>,
     /// Resources the proxy rejected, by digest: not sent again until they change.
-    rejected: HashMap<String, u64>,
+    rejected: HashMap<Arc<str>, u64>,
 }
 
 struct Connection<G: Generator> {
@@ -838,7 +839,7 @@ impl<G: Generator> Connection<G> {
         }
         let generated = self.shared.generator.generate(&self.proxy, type_url, &names);
         let watch = self.types.entry(type_url.to_owned()).or_default();
-        let mut out: Vec<(String, u64, Arc<Any>)> = Vec::with_capacity(generated.len());
+        let mut out: Vec<(Arc<str>, u64, Arc<Any>)> = Vec::with_capacity(generated.len());
         for r in generated {
             let digest = r.digest();
             match watch.rejected.get(&r.name) {
@@ -866,19 +867,22 @@ impl<G: Generator> Connection<G> {
         if unchanged && !force {
             return false;
         }
-        // The response is the proxy's whole set of this type: what it leaves out is gone.
-        let mut previous = std::mem::take(&mut watch.held);
+        // The response is the proxy's whole set of this type: what it leaves out is gone. Updated
+        // in place: a proxy holds thousands of these, and a second map per push would double them.
         watch.pending = Vec::with_capacity(out.len());
         for (name, digest, body) in &out {
-            let acked = previous.remove(name).and_then(|h| h.acked);
-            watch.held.insert(
-                name.clone(),
-                Held {
-                    sent: (*digest, body.clone()),
-                    acked,
-                },
-            );
+            match watch.held.get_mut(name) {
+                Some(h) => h.sent = (*digest, body.clone()),
+                None => {
+                    let sent = (*digest, body.clone());
+                    watch.held.insert(name.clone(), Held { sent, acked: None });
+                }
+            }
             watch.pending.push(name.clone());
+        }
+        if watch.held.len() != out.len() {
+            let keep: std::collections::HashSet<&str> = out.iter().map(|(n, _, _)| &**n).collect();
+            watch.held.retain(|n, _| keep.contains(&**n));
         }
         let version = lock(&self.shared.version).clone();
         self.send(
@@ -1123,17 +1127,18 @@ impl<G: Generator> DeltaConnection<G> {
         let mut present = BTreeSet::new();
         for r in generated {
             let digest = r.digest();
-            present.insert(r.name.clone());
-            if watch.rejected.get(&r.name) == Some(&digest) {
+            let name = r.name.to_string();
+            present.insert(name.clone());
+            if watch.rejected.get(&name) == Some(&digest) {
                 continue;
             }
-            watch.rejected.remove(&r.name);
-            if watch.known.get(&r.name) == Some(&digest) && !force.contains(&r.name) {
+            watch.rejected.remove(&name);
+            if watch.known.get(&name) == Some(&digest) && !force.contains(&name) {
                 continue;
             }
-            pending.insert(r.name.clone(), Some(digest));
+            pending.insert(name.clone(), Some(digest));
             resources.push(crate::pb::envoy::service::discovery::v3::Resource {
-                name: r.name.clone(),
+                name,
                 version: format!("{digest:016x}"),
                 resource: Some((*r.body).clone()),
                 ..Default::default()

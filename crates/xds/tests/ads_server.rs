@@ -34,6 +34,13 @@ impl Fake {
         r.retain(|(t, n, _)| !(*t == type_url && n == name));
         r.push((type_url, name.to_owned(), content.to_owned()));
     }
+
+    fn remove(&self, type_url: &'static str, name: &str) {
+        self.resources
+            .lock()
+            .unwrap()
+            .retain(|(t, n, _)| !(*t == type_url && n == name));
+    }
 }
 
 impl Generator for Fake {
@@ -280,6 +287,15 @@ async fn ack_nack_and_pushes_follow_the_protocol() {
     p.nack(&cds, "old news");
     p.nothing().await;
     assert!(h.ads.sync_status()[0].types["cds"].last_error.is_none());
+
+    // A deleted cluster leaves the proxy's set; the same cluster back is sent again.
+    h.fake.remove(CLUSTER_TYPE, "b");
+    h.ads.pusher().push(PushScope::Full);
+    assert_eq!(contents(&p.next().await), ["a2"]);
+    assert_eq!(p.next().await.type_url, ENDPOINT_TYPE);
+    h.fake.set(CLUSTER_TYPE, "b", "b3");
+    h.ads.pusher().push(PushScope::Full);
+    assert_eq!(contents(&p.next().await), ["a2", "b3"]);
 }
 
 #[tokio::test]
