@@ -171,6 +171,16 @@ mod tests {
         max: usize,
     }
 
+    impl Counting {
+        fn new() -> Counting {
+            Counting {
+                writes: 0,
+                data: Vec::new(),
+                max: usize::MAX,
+            }
+        }
+    }
+
     impl AsyncWrite for Counting {
         fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
             let n = b.len().min(self.max);
@@ -188,14 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_reach_the_socket_once_per_flush_in_order() {
-        let mut io = BatchedWrites::new(
-            Counting {
-                writes: 0,
-                data: Vec::new(),
-                max: usize::MAX,
-            },
-            Batching::On,
-        );
+        let mut io = BatchedWrites::new(Counting::new(), Batching::On);
         let mut expected = Vec::new();
         for i in 0..20u8 {
             let frame = vec![i; 300 + usize::from(i)];
@@ -249,12 +252,7 @@ mod tests {
         let wakes = std::sync::Arc::new(Wakes(0.into()));
         let waker = std::task::Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
-        let counting = Counting {
-            writes: 0,
-            data: Vec::new(),
-            max: usize::MAX,
-        };
-        let mut io = BatchedWrites::new(counting, Batching::On);
+        let mut io = BatchedWrites::new(Counting::new(), Batching::On);
         let mut io = Pin::new(&mut io);
         // Nothing buffered: a flush goes straight through, no wake-up.
         assert!(io.as_mut().poll_flush(&mut cx).is_ready());
@@ -270,12 +268,7 @@ mod tests {
         assert_eq!(io.inner.writes, 1);
         assert_eq!(io.inner.data, b"frame");
         // Without batching every write and flush goes straight to the socket.
-        let counting = Counting {
-            writes: 0,
-            data: Vec::new(),
-            max: usize::MAX,
-        };
-        let mut plain = BatchedWrites::new(counting, Batching::Off);
+        let mut plain = BatchedWrites::new(Counting::new(), Batching::Off);
         let mut plain = Pin::new(&mut plain);
         assert!(plain.as_mut().poll_write(&mut cx, b"ab").is_ready());
         assert_eq!(plain.inner.writes, 1);

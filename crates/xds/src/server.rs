@@ -449,29 +449,29 @@ async fn debounce_loop<G: Generator>(
     }
 }
 
-/// The first request of a stream, which carries the node (only guaranteed there).
-async fn first_request<T: Send + 'static>(inbound: &mut Streaming<T>) -> Result<T, Status> {
-    match inbound.message().await? {
-        Some(r) => Ok(r),
-        None => Err(Status::cancelled("stream closed before the first request")),
-    }
-}
+/// A stream's first request, its proxy as the generator accepted it, and its push channel.
+type Accepted<R, P> = (R, Node, P, u64, mpsc::UnboundedReceiver<Arc<PushEvent>>);
 
 impl<G: Generator> AdsServer<G> {
-    /// Starts a state-of-the-world stream: its responses go to `out`. A stream refused (no node,
-    /// a node the generator does not accept) gets its status there.
-    pub(crate) async fn open_sotw(
+    /// Reads a stream's first request, which carries the node (only guaranteed there), and
+    /// accepts its proxy and registers it for pushes. A stream refused (closed early, no node, a
+    /// node the generator does not accept) gets its status on `out`, and `None` comes back.
+    async fn accept<R: Send + 'static>(
         &self,
         peer: Option<SocketAddr>,
-        mut inbound: Streaming<DiscoveryRequest>,
-        out: mpsc::UnboundedSender<Outgoing>,
-    ) {
+        inbound: &mut Streaming<R>,
+        out: &mpsc::UnboundedSender<Outgoing>,
+        node_of: fn(&R) -> Option<&Node>,
+        kind: &str,
+    ) -> Option<Accepted<R, G::Proxy>> {
         let accepted = async {
-            let first = first_request(&mut inbound).await?;
-            let node = first
-                .node
-                .clone()
-                .ok_or_else(|| Status::invalid_argument("the first DiscoveryRequest has no node"))?;
+            let first = inbound
+                .message()
+                .await?
+                .ok_or_else(|| Status::cancelled("stream closed before the first request"))?;
+            let node = node_of(&first)
+                .cloned()
+                .ok_or_else(|| Status::invalid_argument(format!("the first {kind} has no node")))?;
             let proxy = self
                 .shared
                 .generator
@@ -479,14 +479,32 @@ impl<G: Generator> AdsServer<G> {
                 .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?;
             Ok::<_, Status>((first, node, proxy))
         };
-        let (first, node, proxy) = match accepted.await {
-            Ok(a) => a,
+        match accepted.await {
+            Ok((first, node, proxy)) => {
+                let (id, push_rx) = self.register(&node, peer);
+                Some((first, node, proxy, id, push_rx))
+            }
             Err(status) => {
                 let _ = out.send(Outgoing::Error(status));
-                return;
+                None
             }
+        }
+    }
+
+    /// Starts a state-of-the-world stream: its responses go to `out`.
+    pub(crate) async fn open_sotw(
+        &self,
+        peer: Option<SocketAddr>,
+        mut inbound: Streaming<DiscoveryRequest>,
+        out: mpsc::UnboundedSender<Outgoing>,
+    ) {
+        let node_of: fn(&DiscoveryRequest) -> Option<&Node> = |r| r.node.as_ref();
+        let Some((first, node, proxy, id, push_rx)) = self
+            .accept(peer, &mut inbound, &out, node_of, "DiscoveryRequest")
+            .await
+        else {
+            return;
         };
-        let (id, push_rx) = self.register(&node, peer);
         let conn = Connection {
             id,
             node_id: node.id.clone(),
@@ -506,27 +524,13 @@ impl<G: Generator> AdsServer<G> {
         mut inbound: Streaming<DeltaDiscoveryRequest>,
         out: mpsc::UnboundedSender<Outgoing>,
     ) {
-        let accepted = async {
-            let first = first_request(&mut inbound).await?;
-            let node = first
-                .node
-                .clone()
-                .ok_or_else(|| Status::invalid_argument("the first DeltaDiscoveryRequest has no node"))?;
-            let proxy = self
-                .shared
-                .generator
-                .connect(&node, peer)
-                .map_err(|e| Status::invalid_argument(format!("node {:?}: {e}", node.id)))?;
-            Ok::<_, Status>((first, node, proxy))
+        let node_of: fn(&DeltaDiscoveryRequest) -> Option<&Node> = |r| r.node.as_ref();
+        let Some((first, node, proxy, id, push_rx)) = self
+            .accept(peer, &mut inbound, &out, node_of, "DeltaDiscoveryRequest")
+            .await
+        else {
+            return;
         };
-        let (first, node, proxy) = match accepted.await {
-            Ok(a) => a,
-            Err(status) => {
-                let _ = out.send(Outgoing::Error(status));
-                return;
-            }
-        };
-        let (id, push_rx) = self.register(&node, peer);
         let conn = DeltaConnection {
             id,
             node_id: node.id.clone(),
