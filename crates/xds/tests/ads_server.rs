@@ -322,6 +322,33 @@ async fn pushes_are_debounced_and_nodes_are_checked() {
     };
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("not an Istio sidecar node id"), "{err}");
+
+    // A first request without a node is refused by name.
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", h.addr))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(DiscoveryRequest {
+        type_url: CLUSTER_TYPE.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let err = match client
+        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+        .await
+    {
+        Ok(resp) => {
+            let mut rx = resp.into_inner();
+            match tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
+                Ok(Some(Err(e))) => e,
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.message(), "the first DiscoveryRequest has no node");
+    drop(tx);
     drop(p);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
