@@ -57,6 +57,9 @@ ADMIN_PORT = 19901
 BODY_SIZE = 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ["direct", "skiff", "envoy", "nginx", "haproxy"]
+# Opt-in (--targets ...,hyper-floor): crates/proxy/examples/hyper_floor.rs, the same runtime, hyper
+# connections and pool as Skiff with nothing else; what Skiff would cost if its own code were free.
+EXTRA_TARGETS = ["hyper-floor"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +314,9 @@ def start_target(target: str, work: Path, skiff: str, envoy: str) -> Proc | None
                                     str(work / "nginx-proxy.conf"), "-p", str(work)], work, PROXY_PORT)
     if target == "haproxy":
         return Proc("haproxy", ["haproxy", "-db", "-f", str(work / "haproxy.cfg")], work, PROXY_PORT)
+    if target == "hyper-floor":
+        floor = str(Path(skiff).parent / "examples" / "hyper_floor")
+        return Proc("hyper-floor", [floor, f"127.0.0.1:{PROXY_PORT}", f"127.0.0.1:{UPSTREAM_H1}"], work, PROXY_PORT)
     raise ValueError(target)
 
 
@@ -647,6 +653,9 @@ def build_skiff(args) -> str:
         print(f"building {args.rev} ({git_rev(args.rev)}) in {src}", file=sys.stderr)
     env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir))
     subprocess.run(["cargo", "build", "--release", "-p", "skiff-agent"], cwd=src, env=env, check=True)
+    if "hyper-floor" in args.targets:
+        subprocess.run(["cargo", "build", "--release", "-p", "proxy", "--example", "hyper_floor"], cwd=src, env=env,
+                       check=True)
     return str(target_dir / "release" / "skiff-agent")
 
 
@@ -712,7 +721,8 @@ def fmt_lat(us: float | None) -> str:
 
 def render(results: dict, args, meta: dict) -> str:
     lines = []
-    names = {"direct": "direct (no proxy)", "skiff": "**Skiff**", "envoy": "Envoy", "nginx": "nginx", "haproxy": "HAProxy"}
+    names = {"direct": "direct (no proxy)", "skiff": "**Skiff**", "envoy": "Envoy", "nginx": "nginx", "haproxy": "HAProxy",
+             "hyper-floor": "hyper floor (no Skiff code)"}
     for proto in args.protocols:
         if not any(results[t][proto] for t in args.targets):
             continue
@@ -818,6 +828,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = ap.parse_args()
     args.targets = [t for t in args.targets.split(",") if t]
+    unknown = [t for t in args.targets if t not in TARGETS + EXTRA_TARGETS]
+    if unknown:
+        sys.exit(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS + EXTRA_TARGETS)}")
     args.protocols = [p for p in args.protocols.split(",") if p]
     for tool in ("nginx", "haproxy", "wrk", "h2load"):
         if not shutil.which(tool):
