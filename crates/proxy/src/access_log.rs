@@ -158,7 +158,8 @@ pub struct LogRecord {
     /// 0 when no response was sent (and for TCP).
     pub response_code: u16,
     pub flags: ResponseFlags,
-    pub response_code_details: Option<String>,
+    /// Mostly a fixed string (`via_upstream`): no allocation per request then.
+    pub response_code_details: Option<std::borrow::Cow<'static, str>>,
     pub connection_termination_details: Option<String>,
     pub upstream_transport_failure_reason: Option<String>,
     pub bytes_received: u64,

@@ -834,9 +834,14 @@ fn http_connection_manager(
         routes,
         codec,
         server_name: if c.server_name.is_empty() {
-            "envoy".into()
+            http::HeaderValue::from_static("envoy")
         } else {
-            c.server_name.clone()
+            http::HeaderValue::from_str(&c.server_name).map_err(|_| {
+                ctx.err(
+                    format!("{field}.server_name"),
+                    format!("{:?} is not a valid header value", c.server_name),
+                )
+            })?
         },
         server_header,
         use_remote_address: bool_value(c.use_remote_address.as_ref(), false),
@@ -919,6 +924,7 @@ fn route_config_with(ctx: &mut Ctx<'_>, rc: &route::RouteConfiguration) -> Resul
     Ok(RouteConfig {
         per_filter,
         name: rc.name.clone(),
+        domains: crate::route::DomainIndex::new(&virtual_hosts),
         virtual_hosts,
         headers: mutations(
             ctx,

@@ -331,47 +331,65 @@ fn request_id() -> HeaderValue {
 
 /// Headers that describe one hop and are never forwarded.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first (cheap comparisons, no hashing): most messages carry none
-    // of them, or only `connection: keep-alive`.
-    let hop = |k: &HeaderName| {
-        k == http::header::CONNECTION
-            || k == KEEP_ALIVE
-            || k == PROXY_CONNECTION
-            || k == http::header::TRANSFER_ENCODING
-            || k == http::header::UPGRADE
-            || k == http::header::TE
-    };
-    if !headers.keys().any(hop) {
-        return;
-    }
-    if headers.contains_key(http::header::CONNECTION) {
-        strip_connection_listed(headers);
-    }
-    // Constants, not strings: `remove("…")` would parse and hash each name per request.
-    for n in [
+    // One pass over the names (cheap comparisons, no hashing) notes which are present: most
+    // messages carry none, or only `connection: keep-alive`.
+    const HOP: [&HeaderName; 6] = [
         &http::header::CONNECTION,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &http::header::TRANSFER_ENCODING,
         &http::header::UPGRADE,
-    ] {
-        headers.remove(n);
+        &http::header::TE,
+    ];
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP.iter().position(|h| *h == k) {
+            present |= 1 << i;
+        }
     }
-    if headers.get(http::header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(http::header::TE);
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        strip_connection_listed(headers);
+    }
+    // `te: trailers` is the one hop-by-hop value that goes on.
+    if present & (1 << 5) != 0 && headers.get(http::header::TE).is_none_or(|v| v == "trailers") {
+        present &= !(1 << 5);
+    }
+    for (i, name) in HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
 /// Removes the headers a `Connection` header names (except `te`).
 fn strip_connection_listed(headers: &mut HeaderMap) {
-    // `keep-alive` (the usual value) is removed with the other hop-by-hop headers anyway.
+    let nominated = |v: &HeaderValue| {
+        v.to_str()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            // `keep-alive` is removed with the other hop-by-hop headers anyway; `close` names
+            // no header.
+            .any(|n| {
+                !n.is_empty() && !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close")
+            })
+    };
+    // The usual values (`keep-alive`, `close`) nominate nothing: no allocation then.
+    if !headers.get_all(http::header::CONNECTION).iter().any(nominated) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("keep-alive"))
+        .filter(|n| {
+            !n.is_empty() && !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close")
+        })
         .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
         .collect();
     for n in listed {
@@ -567,37 +585,37 @@ fn merge_retry_on(on: &mut RetryOn, list: &str) {
 /// Whether a response asks for a retry under `on` (Envoy's `wouldRetryFromHeaders`).
 fn retriable_response(on: RetryOn, codes: &[u16], resp: &Response<Incoming>) -> bool {
     let s = resp.status().as_u16();
-    let h = resp.headers();
-    if h.contains_key("x-envoy-overloaded") || h.contains_key("x-envoy-ratelimited") {
-        return false;
-    }
-    if (on.five_xx && (500..600).contains(&s))
+    let by_status = (on.five_xx && (500..600).contains(&s))
         || (on.gateway_error && matches!(s, 502..=504))
         || (on.retriable_4xx && s == 409)
-        || (on.retriable_status_codes && codes.contains(&s))
-    {
-        return true;
-    }
+        || (on.retriable_status_codes && codes.contains(&s));
     let grpc_any = on.grpc_cancelled
         || on.grpc_deadline_exceeded
         || on.grpc_resource_exhausted
         || on.grpc_unavailable
         || on.grpc_internal;
-    if grpc_any {
-        // A trailers-only gRPC response carries grpc-status in its headers.
-        if let Some(code) = h
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok())
-        {
-            return (code == 1 && on.grpc_cancelled)
+    // The usual case (a 2xx, or no retry policy) looks at no header.
+    if !by_status && !grpc_any {
+        return false;
+    }
+    let h = resp.headers();
+    if h.contains_key("x-envoy-overloaded") || h.contains_key("x-envoy-ratelimited") {
+        return false;
+    }
+    if by_status {
+        return true;
+    }
+    // A trailers-only gRPC response carries grpc-status in its headers.
+    h.get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|code| {
+            (code == 1 && on.grpc_cancelled)
                 || (code == 4 && on.grpc_deadline_exceeded)
                 || (code == 8 && on.grpc_resource_exhausted)
                 || (code == 14 && on.grpc_unavailable)
-                || (code == 13 && on.grpc_internal);
-        }
-    }
-    false
+                || (code == 13 && on.grpc_internal)
+        })
 }
 
 /// The request body on its way upstream, optionally keeping a copy (up to Envoy's 1 MiB
@@ -919,40 +937,38 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     let (mut parts, body) = req.into_parts();
     let scheme: &'static str = if ctx.meta.tls { "https" } else { "http" };
 
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    // `:authority` (HTTP/2) or `host`, and `:path`: shared with the request, not copied.
+    let uri_authority = parts.uri.authority().cloned();
+    let host_header = match uri_authority {
+        Some(_) => None,
+        None => parts.headers.get(HOST).cloned(),
+    };
+    let authority: &str = match (&uri_authority, &host_header) {
+        (Some(a), _) => a.as_str(),
+        (None, Some(h)) => h.to_str().unwrap_or(""),
+        (None, None) => "",
+    };
     // `strip_*_host_port`: before routing, and what goes upstream (Envoy rewrites the header).
-    let authority = match strip_host_port(
-        &authority,
+    let stripped;
+    let authority: &str = match strip_host_port(
+        authority,
         &parts.method,
         hcm.strip_port,
         ctx.meta.destination.port(),
     ) {
-        Some(stripped) => {
-            if let Ok(v) = HeaderValue::from_str(&stripped) {
+        Some(s) => {
+            if let Ok(v) = HeaderValue::from_str(&s) {
                 if parts.headers.contains_key(HOST) {
                     parts.headers.insert(HOST, v);
                 }
             }
-            stripped
+            stripped = s;
+            &stripped
         }
         None => authority,
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+    let path_and_query = parts.uri.path_and_query().cloned();
+    let path: &str = path_and_query.as_ref().map_or("/", |p| p.as_str());
     let method = parts.method.clone();
 
     // Untrusted clients cannot steer retries and timeouts.
@@ -1043,7 +1059,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     };
     let vhost = route_config
         .as_ref()
-        .and_then(|rc| route::find_virtual_host(rc, &authority).map(|vh| (rc, vh)));
+        .and_then(|rc| route::find_virtual_host(rc, authority).map(|vh| (rc, vh)));
 
     // `require_tls` (Istio's httpsRedirect) answers before any route is matched.
     if let Some((_, vh)) = vhost {
@@ -1058,7 +1074,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
             RequireTls::ExternalOnly => forwarded_proto != "https" && !internal,
         };
         if redirect {
-            rec.request = Some(view(&parts.headers, &path, &authority));
+            rec.request = Some(view(&parts.headers, path, authority));
             let mut reply = LocalReply::new(301, "", ResponseFlags::empty(), "direct_response");
             if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
                 reply.headers.insert(LOCATION, v);
@@ -1069,14 +1085,14 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
 
     let head = RequestHead {
         method: method.as_str(),
-        path: &path,
-        authority: &authority,
+        path,
+        authority,
         scheme,
         headers: &parts.headers,
     };
     let found = vhost.and_then(|(rc, vh)| Some((rc, vh, route::find_route(vh, &head)?)));
     let Some((rc, vh, route)) = found else {
-        rec.request = Some(view(&parts.headers, &path, &authority));
+        rec.request = Some(view(&parts.headers, path, authority));
         let reply = LocalReply::new(404, "", ResponseFlags::NR, "route_not_found");
         return local_reply(&ctx, rec, started, request_bytes, reply, body, None);
     };
@@ -1115,8 +1131,8 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
                 };
                 let head = RequestHead {
                     method: method.as_str(),
-                    path: &path,
-                    authority: &authority,
+                    path,
+                    authority,
                     scheme,
                     headers: &parts.headers,
                 };
@@ -1131,7 +1147,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
                 )
                 .await
                 {
-                    rec.request = Some(view(&parts.headers, &path, &authority));
+                    rec.request = Some(view(&parts.headers, path, authority));
                     return local_reply_at(&ctx, rec, started, request_bytes, reply, body, cluster, false);
                 }
             }
@@ -1164,7 +1180,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
                         extra.set.extend(h.into_iter().filter_map(|(k, v)| Some((k?, v))));
                     }
                     cors::Decision::Preflight(h) => {
-                        rec.request = Some(view(&parts.headers, &path, &authority));
+                        rec.request = Some(view(&parts.headers, path, authority));
                         let mut reply = LocalReply::new(200, "", ResponseFlags::empty(), "cors_response");
                         reply.headers = h;
                         return local_reply_at(
@@ -1188,7 +1204,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
             status,
             body: reply_body,
         } => {
-            rec.request = Some(view(&parts.headers, &path, &authority));
+            rec.request = Some(view(&parts.headers, path, authority));
             let mut reply = LocalReply::new(*status, "", ResponseFlags::empty(), "direct_response");
             reply.body = reply_body.clone().filter(|b| !b.is_empty());
             mutate(
@@ -1201,9 +1217,9 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
             return local_reply(&ctx, rec, started, request_bytes, reply, body, None);
         }
         Action::Redirect(r) => {
-            rec.request = Some(view(&parts.headers, &path, &authority));
+            rec.request = Some(view(&parts.headers, path, authority));
             let mut reply = LocalReply::new(r.code, "", ResponseFlags::empty(), "direct_response");
-            if let Ok(v) = HeaderValue::from_str(&redirect_location(r, &authority, &path, route)) {
+            if let Ok(v) = HeaderValue::from_str(&redirect_location(r, authority, path, route)) {
                 reply.headers.insert(LOCATION, v);
             }
             mutate(
@@ -1220,7 +1236,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
 
     let Some(cluster) = cluster else {
         rec.upstream_cluster = None;
-        rec.request = Some(view(&parts.headers, &path, &authority));
+        rec.request = Some(view(&parts.headers, path, authority));
         let mut reply = LocalReply::new(
             action.cluster_not_found_code,
             "",
@@ -1247,8 +1263,8 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     if cluster.config.lb_policy.is_hashing() && !action.hash_policy.is_empty() {
         let head = RequestHead {
             method: method.as_str(),
-            path: &path,
-            authority: &authority,
+            path,
+            authority,
             scheme,
             headers: &parts.headers,
         };
@@ -1268,13 +1284,13 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
 
     // Path and host rewrites.
     // (Borrowed unless rewritten: no copies per request.)
-    let rewritten_path = route::rewrite_path(action, &route.matcher.path, &path);
+    let rewritten_path = route::rewrite_path(action, &route.matcher.path, path);
     if rewritten_path.is_some() {
-        if let Ok(v) = HeaderValue::from_str(&path) {
+        if let Ok(v) = HeaderValue::from_str(path) {
             parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
         }
     }
-    let upstream_path: &str = rewritten_path.as_deref().unwrap_or(&path);
+    let upstream_path: &str = rewritten_path.as_deref().unwrap_or(path);
     let rewritten_authority = match &action.host_rewrite {
         Some(HostRewrite::Literal(h)) => Some(h.clone()),
         Some(HostRewrite::Header(h)) => parts
@@ -1288,9 +1304,9 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         }
         Some(HostRewrite::Auto) | None => None,
     };
-    let upstream_authority: &str = rewritten_authority.as_deref().unwrap_or(&authority);
+    let upstream_authority: &str = rewritten_authority.as_deref().unwrap_or(authority);
     if upstream_authority != authority {
-        if let Ok(v) = HeaderValue::from_str(&authority) {
+        if let Ok(v) = HeaderValue::from_str(authority) {
             parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
         }
     }
@@ -1536,7 +1552,11 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         }
         let req = build_upstream_request(
             &method,
-            upstream_path,
+            // Unless rewritten, the path goes up as it came (already parsed and shared).
+            match (&rewritten_path, &path_and_query) {
+                (None, Some(pq)) => UpstreamPath::Parsed(pq.clone()),
+                _ => UpstreamPath::Text(upstream_path),
+            },
             upstream_authority,
             headers,
             http2,
@@ -1852,10 +1872,16 @@ async fn shadow(worker: Rc<Worker>, cluster: Arc<ClusterState>, r: ShadowRequest
     }
 }
 
+/// The upstream request's `:path`.
+enum UpstreamPath<'a> {
+    Parsed(http::uri::PathAndQuery),
+    Text(&'a str),
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build_upstream_request(
     method: &Method,
-    path: &str,
+    path: UpstreamPath<'_>,
     authority: &str,
     mut headers: HeaderMap,
     http2: bool,
@@ -1870,20 +1896,34 @@ fn build_upstream_request(
     } else {
         authority
     };
-    let uri = if http2 {
-        headers.remove(HOST);
-        Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-    } else {
-        if let Ok(v) = HeaderValue::from_str(authority) {
-            headers.insert(HOST, v);
-        }
-        explicit_empty_length(method, &mut headers, body.is_end_stream());
-        Uri::builder().path_and_query(path).build()
+    let path = match path {
+        UpstreamPath::Parsed(pq) => Ok(pq),
+        UpstreamPath::Text(p) => http::uri::PathAndQuery::try_from(p),
     };
+    let uri = path.map_err(http::Error::from).and_then(|path| {
+        if http2 {
+            headers.remove(HOST);
+            Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+        } else {
+            // Most requests keep their host: no new value then.
+            if headers
+                .get(HOST)
+                .is_none_or(|h| h.as_bytes() != authority.as_bytes())
+            {
+                if let Ok(v) = HeaderValue::from_str(authority) {
+                    headers.insert(HOST, v);
+                }
+            }
+            Uri::builder().path_and_query(path).build()
+        }
+    });
+    if !http2 {
+        explicit_empty_length(method, &mut headers, body.is_end_stream());
+    }
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
@@ -1911,15 +1951,11 @@ fn explicit_empty_length(method: &Method, headers: &mut HeaderMap, body_less: bo
 fn server_header(hcm: &HttpConnectionManager, headers: &mut HeaderMap) {
     match hcm.server_header {
         ServerHeader::Overwrite => {
-            if let Ok(v) = HeaderValue::from_str(&hcm.server_name) {
-                headers.insert(SERVER, v);
-            }
+            headers.insert(SERVER, hcm.server_name.clone());
         }
         ServerHeader::AppendIfAbsent => {
             if !headers.contains_key(SERVER) {
-                if let Ok(v) = HeaderValue::from_str(&hcm.server_name) {
-                    headers.insert(SERVER, v);
-                }
+                headers.insert(SERVER, hcm.server_name.clone());
             }
         }
         ServerHeader::PassThrough => {}
@@ -2052,7 +2088,7 @@ fn local_reply_full(
     server_header(&ctx.hcm, &mut headers);
     rec.flags.insert(reply.flags);
     rec.response_code = reply.status.as_u16();
-    rec.response_code_details = Some(reply.details.into_owned());
+    rec.response_code_details = Some(reply.details);
     if !ctx.hcm.access_logs.is_empty() {
         rec.response_headers = Some(headers.clone());
     }
@@ -2101,6 +2137,62 @@ mod tests {
         assert_eq!(
             strip_host_port("example.com:443", &Method::CONNECT, StripPort::Any, 443),
             None
+        );
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    /// Sorted: removing from a `HeaderMap` moves entries around.
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stop_here() {
+        let mut h = headers(&[("content-type", "text/plain"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["content-type", "x-a"], "nothing to strip");
+
+        let mut h = headers(&[("connection", "keep-alive"), ("x-a", "1"), ("close", "kept")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            names(&h),
+            ["close", "x-a"],
+            "keep-alive and close nominate nothing"
+        );
+
+        let mut h = headers(&[
+            ("connection", "Keep-Alive, X-Secret"),
+            ("connection", "upgrade"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-secret", "s"),
+            ("x-a", "1"),
+            ("te", "gzip"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            names(&h),
+            ["x-a"],
+            "every hop-by-hop header and the nominated ones"
+        );
+
+        let mut h = headers(&[("connection", "te"), ("te", "trailers"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            names(&h),
+            ["te", "x-a"],
+            "te: trailers goes on, even when nominated"
         );
     }
 }

@@ -192,7 +192,8 @@ pub struct HttpConnectionManager {
     pub stat_prefix: String,
     pub routes: RouteSource,
     pub codec: Codec,
-    pub server_name: String,
+    /// The `server` header's value (a header value already: it goes on every response).
+    pub server_name: http::HeaderValue,
     pub server_header: ServerHeader,
     /// Trust the connection's peer as the client (edge proxies); appends it to XFF.
     pub use_remote_address: bool,
@@ -385,6 +386,8 @@ impl HeaderMutations {
 pub struct RouteConfig {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// `virtual_hosts`' domains, for picking one per request (`DomainIndex::new`).
+    pub domains: crate::route::DomainIndex,
     pub headers: HeaderMutations,
     pub most_specific_header_mutations_wins: bool,
     pub ignore_port_in_host_matching: bool,

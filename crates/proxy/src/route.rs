@@ -2,6 +2,9 @@
 //! wildcard, then the longest `prefix*` wildcard, then `*`; within the virtual host, the first
 //! route whose path, headers and query parameters match. Pure data code.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
 use http::HeaderMap;
 
 use crate::model::*;
@@ -19,7 +22,6 @@ pub struct RequestHead<'a> {
 impl RequestHead<'_> {
     /// A header's value as Envoy's matchers see it: pseudo-headers, or all values joined by `,`.
     fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
-        use std::borrow::Cow;
         match name {
             ":authority" | "host" => Some(Cow::Borrowed(self.authority)),
             ":path" => Some(Cow::Borrowed(self.path)),
@@ -44,9 +46,13 @@ impl RequestHead<'_> {
     }
 }
 
-/// Lowercases and, if the route config says so, drops the port.
-fn host_for_matching(authority: &str, ignore_port: bool) -> String {
-    let mut host = authority.to_ascii_lowercase();
+/// Lowercases (only if needed) and, if the route config says so, drops the port.
+fn host_for_matching(authority: &str, ignore_port: bool) -> Cow<'_, str> {
+    let mut host = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(authority.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(authority)
+    };
     if ignore_port {
         // Strip `:port` but not the colons of a bare IPv6 literal.
         let strip_at = if host.starts_with('[') {
@@ -56,46 +62,80 @@ fn host_for_matching(authority: &str, ignore_port: bool) -> String {
         };
         if let Some(i) = strip_at {
             if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) {
-                host.truncate(i);
+                match &mut host {
+                    Cow::Borrowed(h) => *h = &h[..i],
+                    Cow::Owned(h) => h.truncate(i),
+                }
             }
         }
     }
     host
 }
 
+/// A route configuration's domains, indexed once per configuration so that picking the virtual
+/// host costs one hash lookup rather than a scan of every domain (an Istio sidecar's outbound
+/// route holds one virtual host per service). Domains are lowercased, as Envoy does.
+#[derive(Debug, Default)]
+pub struct DomainIndex {
+    exact: HashMap<Box<str>, usize>,
+    /// `*.suffix` wildcards (stored without the `*`), longest first, configuration order among
+    /// equals.
+    suffixes: Vec<(Box<str>, usize)>,
+    /// `prefix*` wildcards (stored without the `*`), longest first.
+    prefixes: Vec<(Box<str>, usize)>,
+    /// The first `*`.
+    default: Option<usize>,
+}
+
+impl DomainIndex {
+    pub fn new(virtual_hosts: &[VirtualHost]) -> DomainIndex {
+        let mut index = DomainIndex::default();
+        for (i, vh) in virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                let d = d.to_ascii_lowercase();
+                if d == "*" {
+                    index.default.get_or_insert(i);
+                } else if let Some(suffix) = d.strip_prefix('*') {
+                    index.suffixes.push((suffix.into(), i));
+                } else if let Some(prefix) = d.strip_suffix('*') {
+                    index.prefixes.push((prefix.into(), i));
+                } else {
+                    index.exact.entry(d.into()).or_insert(i);
+                }
+            }
+        }
+        // Stable sorts: among wildcards of one length, the first configured wins.
+        index.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        index.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        index
+    }
+
+    /// Envoy's order: exact domain, then the longest `*suffix`, then the longest `prefix*`,
+    /// then `*`. A wildcard matches at least one character.
+    fn find(&self, host: &str) -> Option<usize> {
+        if !self.exact.is_empty() {
+            if let Some(&i) = self.exact.get(host) {
+                return Some(i);
+            }
+        }
+        let longer = |w: &str| host.len() > w.len();
+        self.suffixes
+            .iter()
+            .find(|(s, _)| longer(s) && host.ends_with(&**s))
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(p, _)| longer(p) && host.starts_with(&**p))
+            })
+            .map(|&(_, i)| i)
+            .or(self.default)
+    }
+}
+
 /// Picks the virtual host for `authority`.
 pub fn find_virtual_host<'r>(rc: &'r RouteConfig, authority: &str) -> Option<&'r VirtualHost> {
     let host = host_for_matching(authority, rc.ignore_port_in_host_matching);
-    let mut default = None;
-    let mut best_suffix: Option<(usize, &VirtualHost)> = None;
-    let mut best_prefix: Option<(usize, &VirtualHost)> = None;
-    for vh in &rc.virtual_hosts {
-        for d in &vh.domains {
-            if d == "*" {
-                default.get_or_insert(vh);
-            } else if let Some(suffix) = d.strip_prefix('*') {
-                if host.len() > suffix.len()
-                    && host.ends_with(suffix)
-                    && best_suffix.is_none_or(|(l, _)| suffix.len() > l)
-                {
-                    best_suffix = Some((suffix.len(), vh));
-                }
-            } else if let Some(prefix) = d.strip_suffix('*') {
-                if host.len() > prefix.len()
-                    && host.starts_with(prefix)
-                    && best_prefix.is_none_or(|(l, _)| prefix.len() > l)
-                {
-                    best_prefix = Some((prefix.len(), vh));
-                }
-            } else if *d == host {
-                return Some(vh);
-            }
-        }
-    }
-    best_suffix
-        .map(|(_, v)| v)
-        .or(best_prefix.map(|(_, v)| v))
-        .or(default)
+    rc.domains.find(&host).and_then(|i| rc.virtual_hosts.get(i))
 }
 
 /// Picks the first matching route of `vh`.
@@ -369,6 +409,7 @@ mod tests {
     fn rc(vhs: Vec<VirtualHost>, ignore_port: bool) -> RouteConfig {
         RouteConfig {
             name: "80".into(),
+            domains: DomainIndex::new(&vhs),
             virtual_hosts: vhs,
             headers: HeaderMutations::default(),
             most_specific_header_mutations_wins: false,
@@ -443,6 +484,84 @@ mod tests {
         );
         assert_eq!(find_virtual_host(&strict, "nginx:80").unwrap().name, "with-port");
         assert!(find_virtual_host(&strict, "nginx:8080").is_none());
+    }
+
+    #[test]
+    fn configured_domains_match_case_insensitively() {
+        // Envoy lowercases the configured domains as well as the request's host.
+        let config = rc(
+            vec![
+                vh("mixed", &["Reviews.Default.svc.cluster.local"], vec![]),
+                vh("wild", &["*.Example.COM"], vec![]),
+            ],
+            true,
+        );
+        let pick = |h: &str| find_virtual_host(&config, h).map(|v| v.name.clone());
+        assert_eq!(
+            pick("reviews.default.svc.cluster.local").as_deref(),
+            Some("mixed")
+        );
+        assert_eq!(
+            pick("REVIEWS.default.svc.cluster.local:9080").as_deref(),
+            Some("mixed")
+        );
+        assert_eq!(pick("www.example.com").as_deref(), Some("wild"));
+        assert_eq!(
+            pick("example.com"),
+            None,
+            "a wildcard matches at least one character"
+        );
+    }
+
+    /// The index must pick exactly what Envoy's rules pick when applied by scanning every
+    /// domain of every virtual host in order (what Skiff did before the index).
+    fn scan<'r>(rc: &'r RouteConfig, host: &str) -> Option<&'r VirtualHost> {
+        let host = host_for_matching(host, rc.ignore_port_in_host_matching);
+        let (mut default, mut suffix, mut prefix) = (None, None::<(usize, _)>, None::<(usize, _)>);
+        for vh in &rc.virtual_hosts {
+            for d in vh.domains.iter().map(|d| d.to_ascii_lowercase()) {
+                if d == "*" {
+                    default.get_or_insert(vh);
+                } else if let Some(s) = d.strip_prefix('*') {
+                    if host.len() > s.len() && host.ends_with(s) && suffix.is_none_or(|(l, _)| s.len() > l) {
+                        suffix = Some((s.len(), vh));
+                    }
+                } else if let Some(p) = d.strip_suffix('*') {
+                    if host.len() > p.len() && host.starts_with(p) && prefix.is_none_or(|(l, _)| p.len() > l)
+                    {
+                        prefix = Some((p.len(), vh));
+                    }
+                } else if d == host {
+                    return Some(vh);
+                }
+            }
+        }
+        suffix.map(|(_, v)| v).or(prefix.map(|(_, v)| v)).or(default)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn domain_index_agrees_with_a_scan(
+            domains in proptest::collection::vec(
+                proptest::collection::vec("\\*?[aAb.]{0,3}\\*?|\\*", 1..3), 1..6),
+            hosts in proptest::collection::vec("[aAb.]{0,4}(:[0-9]{1,2})?", 1..8),
+            ignore_port: bool,
+        ) {
+            let vhs: Vec<VirtualHost> = domains
+                .iter()
+                .enumerate()
+                .map(|(i, ds)| {
+                    let ds: Vec<&str> = ds.iter().map(String::as_str).collect();
+                    vh(&format!("vh{i}"), &ds, vec![])
+                })
+                .collect();
+            let config = rc(vhs, ignore_port);
+            for h in &hosts {
+                let want = scan(&config, h).map(|v| v.name.as_str());
+                let got = find_virtual_host(&config, h).map(|v| v.name.as_str());
+                proptest::prop_assert_eq!(got, want, "host {:?}", h);
+            }
+        }
     }
 
     #[test]

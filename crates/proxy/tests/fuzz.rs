@@ -142,9 +142,7 @@ proptest! {
     #[test]
     fn routing_arbitrary_hosts_and_paths_never_panics(host in "[ -~]{0,40}", path in "[ -~]{0,60}") {
         use proxy::model::*;
-        let rc = RouteConfig {
-            name: "r".into(),
-            virtual_hosts: vec![VirtualHost {
+        let virtual_hosts = vec![VirtualHost {
                 name: "v".into(),
                 domains: vec!["*.x".into(), "y*".into(), "z".into(), "*".into()],
                 routes: vec![],
@@ -154,7 +152,11 @@ proptest! {
                 require_tls: RequireTls::None,
                 cors: None,
                 per_filter: Vec::new(),
-            }],
+            }];
+        let rc = RouteConfig {
+            name: "r".into(),
+            domains: proxy::route::DomainIndex::new(&virtual_hosts),
+            virtual_hosts,
             headers: HeaderMutations::default(),
             most_specific_header_mutations_wins: false,
             ignore_port_in_host_matching: true,
