@@ -53,8 +53,10 @@ impl<P: Clone, M> Clone for Versioned<P, M> {
 pub struct Snapshot {
     pub generation: u64,
     pub listeners: Vec<Arc<Listener>>,
-    pub routes: HashMap<String, Arc<RouteConfig>>,
-    pub clusters: HashMap<String, Arc<ClusterState>>,
+    /// Looked up per request: hashed with foldhash rather than SipHash (keys come from
+    /// configuration, so a request cannot fill the table with collisions).
+    pub routes: HashMap<String, Arc<RouteConfig>, foldhash::fast::RandomState>,
+    pub clusters: HashMap<String, Arc<ClusterState>, foldhash::fast::RandomState>,
     /// Each TLS filter chain's server, keyed by its `DownstreamTls` (see [`Snapshot::tls`]).
     pub tls: HashMap<usize, Arc<TlsServer>>,
     pub resources: Arc<Resources>,
@@ -484,7 +486,7 @@ fn build(
     generation: u64,
     warnings: &mut Vec<String>,
 ) -> Snapshot {
-    let mut clusters = HashMap::with_capacity(res.clusters.len());
+    let mut clusters = HashMap::with_capacity_and_hasher(res.clusters.len(), Default::default());
     for (name, v) in &res.clusters {
         let prev = previous.clusters.get(name);
         let eds = match &v.model.discovery {

@@ -376,53 +376,16 @@ impl RequestKey<&str> {
     }
 }
 
-/// FxHash (rustc's): the cache keys are short and not attacker-chosen in bulk (a collision
-/// only lengthens one bucket's list), so SipHash's cost buys nothing here.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+/// foldhash, not SipHash: the cache keys are short and not attacker-chosen in bulk (a collision
+/// only lengthens one bucket's list). Fixed seeds: a key's hash is computed apart from the map.
+type FastBuild = foldhash::fast::FixedState;
 
 /// Label sets a worker keeps handles for before starting over (the families keep every series
 /// regardless; this only bounds the cache).
 const REQUEST_CACHE_LIMIT: usize = 4096;
 
 /// Key hash → the keys with that hash and their handles.
-type RequestCache = std::collections::HashMap<u64, Vec<(RequestKey<Box<str>>, RequestHandles)>, FxBuild>;
+type RequestCache = std::collections::HashMap<u64, Vec<(RequestKey<Box<str>>, RequestHandles)>, FastBuild>;
 
 thread_local! {
     /// Per worker thread (each is a single-threaded runtime), so no locking.
@@ -460,7 +423,7 @@ pub fn http_request(
     };
     let hash = {
         use std::hash::{BuildHasher, Hasher};
-        let mut h = FxBuild::default().build_hasher();
+        let mut h = FastBuild::default().build_hasher();
         std::hash::Hash::hash(&key, &mut h);
         h.finish()
     };

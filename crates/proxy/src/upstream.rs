@@ -132,7 +132,8 @@ struct HostPool {
 /// A worker's connection pools. Not shared across threads: each worker has its own, as Envoy's do.
 #[derive(Default)]
 pub struct Pools {
-    pools: RefCell<HashMap<PoolKey, Rc<HostPool>>>,
+    /// Looked up per request (foldhash: the keys are upstream addresses from configuration).
+    pools: RefCell<HashMap<PoolKey, Rc<HostPool>, foldhash::fast::RandomState>>,
 }
 
 /// Holds the host's and cluster's connection counts for the life of a connection.
@@ -149,6 +150,9 @@ impl Drop for ConnGuard {
 
 impl Pools {
     fn pool(&self, key: &PoolKey) -> Rc<HostPool> {
+        if let Some(p) = self.pools.borrow().get(key) {
+            return p.clone();
+        }
         self.pools.borrow_mut().entry(key.clone()).or_default().clone()
     }
 
@@ -221,21 +225,9 @@ impl Pools {
         let existing = pool.h2.borrow().as_ref().filter(|(s, _)| !s.is_closed()).cloned();
         let (mut sender, local) = match existing {
             Some(s) => s,
-            None => {
-                let (stream, guard) = self.open(cluster, host).await?;
-                let local = stream.local_addr().ok();
-                let (sender, conn) = http2::Builder::new(LocalExec)
-                    .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(BatchedWrites::new(stream, Batching::On)))
-                    .await
-                    .map_err(|e| UpstreamError::Reset(format!("protocol error: {e}")))?;
-                tokio::task::spawn_local(async move {
-                    let _guard = guard;
-                    let _ = conn.await;
-                });
-                *pool.h2.borrow_mut() = Some((sender.clone(), local));
-                (sender, local)
-            }
+            // Boxed: connecting is rare, and its state would otherwise make every request's
+            // future (which HTTP/2 moves into a task per stream) larger.
+            None => Box::pin(self.connect_h2(cluster, host, pool)).await?,
         };
         sender
             .ready()
@@ -243,6 +235,45 @@ impl Pools {
             .map_err(|e| UpstreamError::Reset(format!("connection termination: {e}")))?;
         let resp = sender.send_request(req).await.map_err(reset_reason)?;
         Ok((resp, local))
+    }
+
+    async fn connect_h2(
+        &self,
+        cluster: &ClusterState,
+        host: &Arc<Host>,
+        pool: &Rc<HostPool>,
+    ) -> Result<(http2::SendRequest<Body>, Option<SocketAddr>), UpstreamError> {
+        let (stream, guard) = self.open(cluster, host).await?;
+        let local = stream.local_addr().ok();
+        let (sender, conn) = http2::Builder::new(LocalExec)
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(BatchedWrites::new(stream, Batching::On)))
+            .await
+            .map_err(|e| UpstreamError::Reset(format!("protocol error: {e}")))?;
+        tokio::task::spawn_local(async move {
+            let _guard = guard;
+            let _ = conn.await;
+        });
+        *pool.h2.borrow_mut() = Some((sender.clone(), local));
+        Ok((sender, local))
+    }
+
+    async fn connect_h1(&self, cluster: &ClusterState, host: &Arc<Host>) -> Result<H1Conn, UpstreamError> {
+        let (stream, guard) = self.open(cluster, host).await?;
+        let local = stream.local_addr().ok();
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Reset(format!("protocol error: {e}")))?;
+        tokio::task::spawn_local(async move {
+            let _guard = guard;
+            let _ = conn.await;
+        });
+        Ok(H1Conn {
+            sender,
+            used: 0,
+            local,
+        })
     }
 
     async fn send_h1(
@@ -277,23 +308,8 @@ impl Pools {
         }
         let mut conn = match conn {
             Some(c) => c,
-            None => {
-                let (stream, guard) = self.open(cluster, host).await?;
-                let local = stream.local_addr().ok();
-                let (sender, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| UpstreamError::Reset(format!("protocol error: {e}")))?;
-                tokio::task::spawn_local(async move {
-                    let _guard = guard;
-                    let _ = conn.await;
-                });
-                H1Conn {
-                    sender,
-                    used: 0,
-                    local,
-                }
-            }
+            // Boxed, as for HTTP/2: a new connection is the rare case.
+            None => Box::pin(self.connect_h1(cluster, host)).await?,
         };
         conn.used += 1;
         let local = conn.local;
