@@ -556,6 +556,20 @@ fn bad_requests_and_bad_upstreams_get_envoys_answers() {
         "{:?}",
         &too_big[..too_big.len().min(80)]
     );
+    // Just over the limit is refused however the bytes arrive; under it is routed (no route
+    // for host x: 404).
+    for (kib, want) in [(61, "HTTP/1.1 431"), (50, "HTTP/1.1 404")] {
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(kib * 1024)
+        );
+        let got = raw(req.as_bytes());
+        assert!(
+            got.starts_with(want),
+            "{kib} KiB: {:?}",
+            &got[..got.len().min(80)]
+        );
+    }
     // A client that never finishes its headers is cut off (request_headers_timeout 1 s).
     let t0 = Instant::now();
     let slow = raw(b"GET / HTTP/1.1\r\nHost: x\r\n");

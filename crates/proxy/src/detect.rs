@@ -126,6 +126,19 @@ pub fn sniff_http(buf: &[u8]) -> Sniffed {
     }
 }
 
+/// Whether the bytes are the HTTP/2 connection preface (h2c prior knowledge): `None` while what
+/// arrived so far is a prefix of it.
+pub fn h2_preface(buf: &[u8]) -> Option<bool> {
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] != H2_PREFACE[..n] {
+        Some(false)
+    } else if n == H2_PREFACE.len() {
+        Some(true)
+    } else {
+        None
+    }
+}
+
 /// Sniffs with whichever inspectors a listener has: TLS first, then HTTP.
 pub fn sniff(buf: &[u8], tls: bool, http: bool) -> Sniffed {
     if tls {
@@ -180,6 +193,20 @@ mod tests {
             }
         );
         assert_eq!(sniff(&hello, true, true), sniff_tls(&hello));
+    }
+
+    #[test]
+    fn the_h2_preface_is_told_apart_byte_by_byte() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        assert_eq!(h2_preface(b""), None);
+        assert_eq!(h2_preface(&preface[..10]), None);
+        assert_eq!(h2_preface(preface), Some(true));
+        assert_eq!(
+            h2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04"),
+            Some(true)
+        );
+        assert_eq!(h2_preface(b"G"), Some(false));
+        assert_eq!(h2_preface(b"PRI / HTTP/1.1\r\n"), Some(false));
     }
 
     #[test]

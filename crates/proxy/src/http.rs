@@ -111,9 +111,10 @@ pub struct ConnCtx {
     pub meta: ConnMeta,
 }
 
-/// Serves one downstream connection until it closes or the worker drains. `h2`: what ALPN
-/// negotiated on a TLS connection (`Some(true)` h2, `Some(false)` HTTP/1.1), which fixes the
-/// codec as Envoy's `AUTO` does; `None` leaves it to the configured codec.
+/// Serves one downstream connection until it closes or the worker drains. `h2`: the protocol
+/// when it is known before serving (TLS ALPN, the HTTP inspector, or the first bytes of a
+/// plaintext connection), which fixes the codec as Envoy's `AUTO` does; `None` leaves it to the
+/// configured codec (and hyper's own detection).
 pub async fn serve<S>(
     worker: Rc<Worker>,
     hcm: Arc<HttpConnectionManager>,
@@ -129,43 +130,77 @@ pub async fn serve<S>(
         hcm: hcm.clone(),
         meta,
     });
-    let svc = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
-    });
+    let protocol = match hcm.codec {
+        Codec::Http1 => Some(false),
+        Codec::Http2 => Some(true),
+        Codec::Auto => h2,
+    };
     // HTTP/2 gets its writes batched per flush (see `batch_io`); HTTP/1.1 batches its own.
-    let batching = match (hcm.codec, h2) {
-        (Codec::Http2, _) | (Codec::Auto, Some(true)) => Batching::On,
-        (Codec::Auto, None) => Batching::OnH2Preface,
-        _ => Batching::Off,
+    let batching = match protocol {
+        Some(true) => Batching::On,
+        Some(false) => Batching::Off,
+        None => Batching::OnH2Preface,
     };
     let io = TokioIo::new(BatchedWrites::new(stream, batching));
     let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(upstream::LocalExec);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Some(
-            hcm.request_headers_timeout.unwrap_or(Duration::from_secs(60)),
-        ))
+    let header_timeout = hcm.request_headers_timeout.unwrap_or(Duration::from_secs(60));
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(Some(header_timeout))
+        // `max_request_headers_kb` exactly (431 beyond it), whatever the reads' sizes.
+        .max_header_size(max_headers)
         .max_buf_size(max_headers.max(65536))
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(upstream::LocalExec);
+    h2.timer(TokioTimer::new())
         .max_header_list_size(max_headers as u32);
-    let builder = match (hcm.codec, h2) {
-        (Codec::Http1, _) | (Codec::Auto, Some(false)) => builder.http1_only(),
-        (Codec::Http2, _) | (Codec::Auto, Some(true)) => builder.http2_only(),
-        (Codec::Auto, None) => builder,
-    };
-    let conn = builder.serve_connection(io, svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = drain.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = drain.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }};
+    }
+    match protocol {
+        // HTTP/2 runs each request in a task of its own, and every move of the request's
+        // future into it copies the whole (≈ 4.5 KiB) state machine: boxed, it moves a pointer.
+        // HTTP/1.1 polls the request in place, so there the box would only cost an allocation.
+        Some(true) => {
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                Box::pin(async move { Ok::<_, Infallible>(handle(ctx, req).await) })
+            });
+            drive!(h2.serve_connection(io, svc))
+        }
+        Some(false) => {
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+            });
+            drive!(h1.serve_connection(io, svc))
+        }
+        // Not known yet (a client that had sent nothing in time): hyper's detection.
+        None => {
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+            });
+            let mut auto = hyper_util::server::conn::auto::Builder::new(upstream::LocalExec);
+            auto.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Some(header_timeout))
+                .max_buf_size(max_headers.max(65536))
+                .keep_alive(true);
+            auto.http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(max_headers as u32);
+            drive!(auto.serve_connection(io, svc))
         }
     }
 }

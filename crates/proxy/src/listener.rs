@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::access_log::{self, LogRecord, ResponseFlags};
 use crate::detect::{self, Sniffed};
 use crate::filter_chain::{self, ConnInfo};
-use crate::model::{Direction, Listener, NetworkFilter};
+use crate::model::{Codec, Direction, Listener, NetworkFilter};
 use crate::worker::Worker;
 
 /// What is known about a downstream connection once its listener and chain are chosen.
@@ -127,6 +127,37 @@ async fn sniff(stream: &TcpStream, l: &Listener) -> Option<Sniffed> {
     }
 }
 
+/// Whether a plaintext connection opens with the HTTP/2 preface; `None` if the client has not
+/// said within `wait` (hyper's own detection and header timeout take over).
+async fn h2_prior_knowledge(stream: &TcpStream, wait: Duration) -> Option<bool> {
+    let mut buf = [0u8; 24];
+    let mut have = 0usize;
+    let peek = async {
+        loop {
+            if let Some(h2) = detect::h2_preface(&buf[..have]) {
+                return Some(h2);
+            }
+            let more = stream.async_io(Interest::READABLE, || {
+                let sock = socket2::SockRef::from(stream);
+                // SAFETY: recv only writes initialised bytes into the slice.
+                let uninit = unsafe { &mut *(&mut buf[..] as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+                match sock.peek(uninit) {
+                    Ok(n) if n == 0 || n > have => Ok(n),
+                    Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+                    Err(e) => Err(e),
+                }
+            });
+            match more.await {
+                // Closed before a request: HTTP/1.1 handles that quietly.
+                Ok(0) => return Some(false),
+                Ok(n) => have = n,
+                Err(_) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(wait, peek).await.ok().flatten()
+}
+
 /// Serves one accepted connection.
 async fn handle(worker: Rc<Worker>, name: String, stream: TcpStream, peer: SocketAddr) {
     let _gauge = crate::stats::ConnGauge::new();
@@ -198,7 +229,18 @@ async fn handle(worker: Rc<Worker>, name: String, stream: TcpStream, peer: Socke
         return match &chain.filter {
             NetworkFilter::Tcp(tp) => crate::tcp::proxy(tp.clone(), snap.clone(), stream, meta).await,
             NetworkFilter::Http(hcm) => {
-                crate::http::serve(worker.clone(), hcm.clone(), stream, meta, None).await
+                // The codec is chosen before serving (see `http::serve`): from the HTTP inspector
+                // if the listener has one, else from the first bytes.
+                let h2 = match (hcm.codec, alpn.first().map(String::as_str)) {
+                    (Codec::Auto, Some("h2c")) => Some(true),
+                    (Codec::Auto, Some(_)) => Some(false),
+                    (Codec::Auto, None) => {
+                        let wait = hcm.request_headers_timeout.unwrap_or(Duration::from_secs(60));
+                        h2_prior_knowledge(&stream, wait).await
+                    }
+                    _ => None,
+                };
+                crate::http::serve(worker.clone(), hcm.clone(), stream, meta, h2).await
             }
         };
     };
@@ -221,5 +263,79 @@ async fn handle(worker: Rc<Worker>, name: String, stream: TcpStream, peer: Socke
             let alpn = negotiated.alpn.as_deref().map(|p| p == b"h2");
             crate::http::serve(worker.clone(), hcm.clone(), tls, meta, alpn).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// What `h2_prior_knowledge` decides for a client that sends `pieces` (with a pause between
+    /// them) and then either closes or stays silent.
+    async fn decide(pieces: &[&'static [u8]], close: bool, wait: Duration) -> Option<bool> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let pieces = pieces.to_vec();
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            for p in pieces {
+                c.write_all(p).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            if !close {
+                tokio::time::sleep(wait * 2).await;
+            }
+        });
+        let (server, _) = listener.accept().await.expect("accept");
+        let decided = h2_prior_knowledge(&server, wait).await;
+        client.abort();
+        decided
+    }
+
+    #[tokio::test]
+    async fn the_codec_is_chosen_from_the_first_bytes() {
+        let long = Duration::from_secs(5);
+        let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        assert_eq!(decide(&[preface], false, long).await, Some(true));
+        assert_eq!(
+            decide(&[&preface[..7], &preface[7..]], false, long).await,
+            Some(true),
+            "in pieces"
+        );
+        assert_eq!(
+            decide(&[b"GET / HTTP/1.1\r\n\r\n"], false, long).await,
+            Some(false)
+        );
+        assert_eq!(decide(&[b"PRI / HTTP/1.1"], false, long).await, Some(false));
+        assert_eq!(decide(&[], true, long).await, Some(false), "closed before a byte");
+        let short = Duration::from_millis(100);
+        assert_eq!(
+            decide(&[b"PRI"], false, short).await,
+            None,
+            "silent after a prefix"
+        );
+    }
+
+    #[tokio::test]
+    async fn peeking_leaves_the_bytes_for_the_codec() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+            c
+        });
+        let (mut server, _) = listener.accept().await.expect("accept");
+        assert_eq!(
+            h2_prior_knowledge(&server, Duration::from_secs(5)).await,
+            Some(false)
+        );
+        let mut got = vec![0u8; 18];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut got)
+            .await
+            .expect("read");
+        assert_eq!(got, b"GET / HTTP/1.1\r\n\r\n");
+        drop(client.await);
     }
 }
