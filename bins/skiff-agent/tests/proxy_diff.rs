@@ -166,6 +166,12 @@ static_resources:
               - name: w
                 match: {{ prefix: "/" }}
                 route: {{ cluster: b }}
+            - name: mixedcase
+              domains: ["Mixed.Case.TEST"]
+              routes:
+              - name: m
+                match: {{ prefix: "/" }}
+                route: {{ cluster: b }}
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -362,6 +368,18 @@ const CASES: &[Case] = &[
     Case {
         name: "suffix wildcard domain",
         host: "a.wild.test",
+        path: "/",
+        headers: &[],
+    },
+    Case {
+        name: "mixed-case configured domain",
+        host: "mixed.case.test",
+        path: "/",
+        headers: &[],
+    },
+    Case {
+        name: "mixed-case host",
+        host: "MIXED.case.Test",
         path: "/",
         headers: &[],
     },
