@@ -7,13 +7,15 @@ Everything from a fresh clone:
     python3 bench/proxy.py --rev HEAD      # build a committed revision (git archive) instead of the tree
     python3 bench/proxy.py --skiff PATH    # use an already built skiff-agent
     python3 bench/proxy.py --profile       # also perf-record Skiff under each load and print its hot spots
+    python3 bench/proxy.py --rounds 0 --idle-clusters 0 --targets skiff,hyper-floor --callgrind 20000
+                                           # instructions per request (valgrind), Skiff and the hyper floor
 
 What it does (see BENCHMARKS.md for the reading of a run):
 
 * one nginx upstream process (master_process off, one worker) serving a 1 KiB body on 127.0.0.1:18080
   (HTTP/1.1) and 127.0.0.1:18081 (h2c, for the "direct" h2c row);
 * targets: direct (the upstream itself), Skiff, Envoy, nginx (proxy_pass, upstream keep-alive) and
-  HAProxy, each with one worker thread, each listening on 127.0.0.1:10000 (nginx's h2c on :10001,
+  HAProxy (and, opt-in, hyper-floor: crates/proxy/examples/hyper_floor.rs), each with one worker thread, each listening on 127.0.0.1:10000 (nginx's h2c on :10001,
   because nginx 1.22 cannot serve HTTP/1.1 and h2c prior knowledge on one plain port);
 * Skiff and Envoy load the very same Envoy v3 bootstrap file (listener -> http_connection_manager
   -> router -> STATIC cluster -> the upstream), access logging off in both (and in nginx/HAProxy);
@@ -299,12 +301,13 @@ class Proc:
         self.log.close()
 
 
-def start_target(target: str, work: Path, skiff: str, envoy: str) -> Proc | None:
+def start_target(target: str, work: Path, skiff: str, envoy: str, wrap: list[str] | None = None) -> Proc | None:
     boot = str(work / "bootstrap.yaml")
+    wrap = wrap or []
     if target == "direct":
         return None
     if target == "skiff":
-        return Proc("skiff", [skiff, "proxy", "-c", boot, "--concurrency", "1", "--drain-time-s", "0"],
+        return Proc("skiff", wrap + [skiff, "proxy", "-c", boot, "--concurrency", "1", "--drain-time-s", "0"],
                     work, PROXY_PORT)
     if target == "envoy":
         return Proc("envoy", [envoy, "-c", boot, "--concurrency", "1", "--disable-hot-restart",
@@ -316,7 +319,8 @@ def start_target(target: str, work: Path, skiff: str, envoy: str) -> Proc | None
         return Proc("haproxy", ["haproxy", "-db", "-f", str(work / "haproxy.cfg")], work, PROXY_PORT)
     if target == "hyper-floor":
         floor = str(Path(skiff).parent / "examples" / "hyper_floor")
-        return Proc("hyper-floor", [floor, f"127.0.0.1:{PROXY_PORT}", f"127.0.0.1:{UPSTREAM_H1}"], work, PROXY_PORT)
+        return Proc("hyper-floor", wrap + [floor, f"127.0.0.1:{PROXY_PORT}", f"127.0.0.1:{UPSTREAM_H1}"], work,
+                    PROXY_PORT)
     raise ValueError(target)
 
 
@@ -479,6 +483,41 @@ def measure_once(port: int, proto: str, proc: Proc | None, upstream: Proc, args,
 
 # ---------------------------------------------------------------------------------------------
 # profile
+
+
+def count_instructions(args, work: Path, skiff: str, envoy: str) -> str:
+    """User-space instructions per proxied request under callgrind: exact where timing on this
+    shared machine is not, so small changes can be compared. Skiff and the hyper floor only."""
+    if not shutil.which("valgrind"):
+        return "valgrind not found (apt-get install valgrind); no instruction counts.\n"
+    n = args.callgrind
+    lines = [f"#### Instructions per request (callgrind, {n} requests after {n // 10} to warm up; "
+             "h2load -c32 --h1 / -c8 -m4)", "", "| target | HTTP/1.1 | h2c |", "|---|---:|---:|"]
+    for t in [t for t in args.targets if t in ("skiff", "hyper-floor")]:
+        row = []
+        for proto in ("h1", "h2c"):
+            if proto not in args.protocols:
+                row.append("—")
+                continue
+            out = work / f"callgrind-{t}-{proto}.out"
+            wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+            proc = start_target(t, work, skiff, envoy, wrap)
+            assert proc is not None
+            load = ["h2load", "-t1"] + (["-c32", "--h1"] if proto == "h1" else ["-c8", "-m4"])
+            url = f"http://127.0.0.1:{target_port(t, proto)}/"
+            subprocess.run(load + ["-n", str(n // 10), url], capture_output=True, check=True)
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
+            subprocess.run(load + ["-n", str(n), url], capture_output=True, check=True)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+            proc.stop()
+            dump = Path(f"{out}.1")
+            total = next((int(line.split()[1]) for line in dump.read_text().splitlines()
+                          if line.startswith("summary:")), 0)
+            row.append(f"{total / n / 1000:.1f}k")
+            print(f"callgrind {t} {proto}: {total / n:.0f} instructions/request", file=sys.stderr, flush=True)
+        names = {"skiff": "**Skiff**", "hyper-floor": "hyper floor (no Skiff code)"}
+        lines.append(f"| {names[t]} | {row[0]} | {row[1]} |")
+    return "\n".join(lines) + "\n"
 
 
 def profile_skiff(args, work: Path, skiff: str, envoy: str, upstream: Proc) -> str:
@@ -817,6 +856,8 @@ def main() -> None:
     ap.add_argument("--rev", help="build this git revision (git archive) instead of the working tree")
     ap.add_argument("--profile", action="store_true", help="perf-record Skiff under each load afterwards")
     ap.add_argument("--profile-seconds", type=int, default=8)
+    ap.add_argument("--callgrind", type=int, default=0, metavar="N",
+                    help="also count instructions per request under callgrind over N requests (Skiff, hyper floor)")
     ap.add_argument("--max-foreign", type=float, default=0.25,
                     help="re-measure a run if other processes used more than this many cores during it")
     ap.add_argument("--retries", type=int, default=2, help="re-measurements allowed per run (noisy machine)")
@@ -881,6 +922,8 @@ def main() -> None:
         print(table)
         if args.profile:
             print(profile_skiff(args, work, skiff, envoy, upstream))
+        if args.callgrind:
+            print(count_instructions(args, work, skiff, envoy))
     finally:
         upstream.stop()
         if args.json:
