@@ -87,6 +87,24 @@ pub async fn accept_loop(worker: Rc<Worker>, name: String, listener: TcpListener
     }
 }
 
+/// Peeks the connection's first bytes into `buf` (nothing is consumed), waiting until there are
+/// more than `have` of them; 0 at end of stream. `have` must be below `buf.len()`.
+async fn peek_more(stream: &TcpStream, buf: &mut [u8], have: usize) -> io::Result<usize> {
+    stream
+        .async_io(Interest::READABLE, || {
+            let sock = socket2::SockRef::from(stream);
+            // SAFETY: recv only writes initialised bytes into the slice.
+            let uninit = unsafe { &mut *(&mut *buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+            match sock.peek(uninit) {
+                // Wake only when there is more than before (or EOF).
+                Ok(n) if n == 0 || n > have => Ok(n),
+                Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+}
+
 /// Peeks until the listener filters can decide (or the timeout passes).
 async fn sniff(stream: &TcpStream, l: &Listener) -> Option<Sniffed> {
     let deadline = Instant::now() + l.listener_filters_timeout.min(Duration::from_secs(3600));
@@ -100,19 +118,7 @@ async fn sniff(stream: &TcpStream, l: &Listener) -> Option<Sniffed> {
         if have == buf.len() {
             return Some(Sniffed::Other);
         }
-        let wait = stream.async_io(Interest::READABLE, || {
-            let sock = socket2::SockRef::from(stream);
-            // SAFETY: recv only writes initialised bytes into the slice.
-            let uninit = unsafe { &mut *(&mut buf[..] as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-            match sock.peek(uninit) {
-                // Wake only when there is more than before (or EOF).
-                Ok(0) => Ok(0),
-                Ok(n) if n > have => Ok(n),
-                Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
-                Err(e) => Err(e),
-            }
-        });
-        match tokio::time::timeout_at(deadline.into(), wait).await {
+        match tokio::time::timeout_at(deadline.into(), peek_more(stream, &mut buf, have)).await {
             Ok(Ok(0)) => return Some(Sniffed::Other),
             Ok(Ok(n)) => have = n,
             Ok(Err(_)) => return None,
@@ -137,17 +143,7 @@ async fn h2_prior_knowledge(stream: &TcpStream, wait: Duration) -> Option<bool> 
             if let Some(h2) = detect::h2_preface(&buf[..have]) {
                 return Some(h2);
             }
-            let more = stream.async_io(Interest::READABLE, || {
-                let sock = socket2::SockRef::from(stream);
-                // SAFETY: recv only writes initialised bytes into the slice.
-                let uninit = unsafe { &mut *(&mut buf[..] as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-                match sock.peek(uninit) {
-                    Ok(n) if n == 0 || n > have => Ok(n),
-                    Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
-                    Err(e) => Err(e),
-                }
-            });
-            match more.await {
+            match peek_more(stream, &mut buf, have).await {
                 // Closed before a request: HTTP/1.1 handles that quietly.
                 Ok(0) => return Some(false),
                 Ok(n) => have = n,
