@@ -378,6 +378,12 @@ const CASES: &[Case] = &[
         headers: &[],
     },
     Case {
+        name: "the same host header twice",
+        host: "prefix.test",
+        path: "/",
+        headers: &[("host", "prefix.test")],
+    },
+    Case {
         name: "mixed-case host",
         host: "MIXED.case.Test",
         path: "/",

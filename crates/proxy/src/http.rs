@@ -364,6 +364,22 @@ fn request_id() -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("-"))
 }
 
+/// A header's values as one, joined by `,` as Envoy's header map joins a repeated header (a
+/// request with two `host` headers is routed on `a,b`, as Envoy routes it).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(first.clone());
+    };
+    let mut all = first.as_bytes().to_vec();
+    for v in std::iter::once(second).chain(values) {
+        all.push(b',');
+        all.extend_from_slice(v.as_bytes());
+    }
+    HeaderValue::from_bytes(&all).ok()
+}
+
 /// Headers that describe one hop and are never forwarded.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names (cheap comparisons, no hashing) notes which are present: most
@@ -976,7 +992,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     let uri_authority = parts.uri.authority().cloned();
     let host_header = match uri_authority {
         Some(_) => None,
-        None => parts.headers.get(HOST).cloned(),
+        None => joined(&parts.headers, &HOST),
     };
     let authority: &str = match (&uri_authority, &host_header) {
         (Some(a), _) => a.as_str(),
@@ -1944,11 +1960,10 @@ fn build_upstream_request(
                 .path_and_query(path)
                 .build()
         } else {
-            // Most requests keep their host: no new value then.
-            if headers
-                .get(HOST)
-                .is_none_or(|h| h.as_bytes() != authority.as_bytes())
-            {
+            // Most requests keep their one host header: no new value then.
+            let mut hosts = headers.get_all(HOST).iter();
+            let kept = matches!((hosts.next(), hosts.next()), (Some(h), None) if h.as_bytes() == authority.as_bytes());
+            if !kept {
                 if let Ok(v) = HeaderValue::from_str(authority) {
                     headers.insert(HOST, v);
                 }
