@@ -143,7 +143,7 @@ pub async fn serve<S>(
     };
     let io = TokioIo::new(BatchedWrites::new(stream, batching));
     let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
-    let header_timeout = hcm.request_headers_timeout.unwrap_or(Duration::from_secs(60));
+    let header_timeout = hcm.header_timeout();
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(Some(header_timeout))
@@ -167,6 +167,13 @@ pub async fn serve<S>(
             }
         }};
     }
+    // Each request's future polled where hyper keeps it.
+    let in_place = |ctx: Rc<ConnCtx>| {
+        hyper::service::service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+        })
+    };
     match protocol {
         // HTTP/2 runs each request in a task of its own, and every move of the request's
         // future into it copies the whole (≈ 4.5 KiB) state machine: boxed, it moves a pointer.
@@ -178,19 +185,10 @@ pub async fn serve<S>(
             });
             drive!(h2.serve_connection(io, svc))
         }
-        Some(false) => {
-            let svc = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(ctx, req).await) }
-            });
-            drive!(h1.serve_connection(io, svc))
-        }
-        // Not known yet (a client that had sent nothing in time): hyper's detection.
+        Some(false) => drive!(h1.serve_connection(io, in_place(ctx))),
+        // Not known (TLS without ALPN, or a client silent past the header timeout): hyper's
+        // own detection.
         None => {
-            let svc = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(ctx, req).await) }
-            });
             let mut auto = hyper_util::server::conn::auto::Builder::new(upstream::LocalExec);
             auto.http1()
                 .timer(TokioTimer::new())
@@ -200,7 +198,7 @@ pub async fn serve<S>(
             auto.http2()
                 .timer(TokioTimer::new())
                 .max_header_list_size(max_headers as u32);
-            drive!(auto.serve_connection(io, svc))
+            drive!(auto.serve_connection(io, in_place(ctx)))
         }
     }
 }

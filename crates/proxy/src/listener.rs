@@ -230,10 +230,7 @@ async fn handle(worker: Rc<Worker>, name: String, stream: TcpStream, peer: Socke
                 let h2 = match (hcm.codec, alpn.first().map(String::as_str)) {
                     (Codec::Auto, Some("h2c")) => Some(true),
                     (Codec::Auto, Some(_)) => Some(false),
-                    (Codec::Auto, None) => {
-                        let wait = hcm.request_headers_timeout.unwrap_or(Duration::from_secs(60));
-                        h2_prior_knowledge(&stream, wait).await
-                    }
+                    (Codec::Auto, None) => h2_prior_knowledge(&stream, hcm.header_timeout()).await,
                     _ => None,
                 };
                 crate::http::serve(worker.clone(), hcm.clone(), stream, meta, h2).await

@@ -222,6 +222,14 @@ pub struct HttpConnectionManager {
     pub strip_port: StripPort,
 }
 
+impl HttpConnectionManager {
+    /// How long a client may take to send request headers: Envoy leaves it unset, Skiff keeps a
+    /// 60 s guard against slow clients when it is.
+    pub fn header_timeout(&self) -> Duration {
+        self.request_headers_timeout.unwrap_or(Duration::from_secs(60))
+    }
+}
+
 /// Envoy's `StripPortType`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StripPort {
