@@ -1,7 +1,8 @@
 //! The floor under Skiff's HTTP data path: the same runtime (one current-thread worker with a
 //! `LocalSet`), the same hyper server and client connections and the same kind of per-worker
 //! HTTP/1.1 keep-alive pool as `proxy::upstream`, and nothing else: no routing, no header
-//! rewriting, no request id, no stats, no access log. `bench/proxy.py --targets hyper-floor`
+//! rewriting, no request id, no stats, no access log. Like Skiff, it writes each HTTP/1.1
+//! message with one `send` (hyper's `writev(false)`). `bench/proxy.py --targets hyper-floor`
 //! runs it beside Skiff, so the benchmark can say how much of Skiff's cost per request is its
 //! own and how much is hyper's and tokio's.
 //!
@@ -53,7 +54,10 @@ impl Pool {
             None => {
                 let stream = TcpStream::connect(self.upstream).await?;
                 stream.set_nodelay(true)?;
-                let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+                let (sender, conn) = http1::Builder::new()
+                    .writev(false)
+                    .handshake(TokioIo::new(stream))
+                    .await?;
                 tokio::task::spawn_local(conn);
                 sender
             }
@@ -127,7 +131,11 @@ fn main() -> Result<(), BoxError> {
                     async move { Ok::<_, Infallible>(forward(pool, req).await) }
                 });
                 let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
-                builder.http1().timer(TokioTimer::new()).keep_alive(true);
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .writev(false)
+                    .keep_alive(true);
                 builder.http2().timer(TokioTimer::new());
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });

@@ -150,6 +150,10 @@ pub async fn serve<S>(
         // `max_request_headers_kb` exactly (431 beyond it), whatever the reads' sizes.
         .max_header_size(max_headers)
         .max_buf_size(max_headers.max(65536))
+        // Each message leaves in one `send`: hyper copies a small body next to the head rather
+        // than handing both to `writev`, whose trip through the VFS costs the kernel more than
+        // the copy (≈ 0.7 µs of a proxied request's 8; BENCHMARKS.md).
+        .writev(false)
         .keep_alive(true);
     let mut h2 = hyper::server::conn::http2::Builder::new(upstream::LocalExec);
     h2.timer(TokioTimer::new())
@@ -194,6 +198,7 @@ pub async fn serve<S>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(Some(header_timeout))
                 .max_buf_size(max_headers.max(65536))
+                .writev(false)
                 .keep_alive(true);
             auto.http2()
                 .timer(TokioTimer::new())

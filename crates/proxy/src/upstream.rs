@@ -262,6 +262,8 @@ impl Pools {
         let (stream, guard) = self.open(cluster, host).await?;
         let local = stream.local_addr().ok();
         let (sender, conn) = http1::Builder::new()
+            // One `send` per request, as downstream (`http::serve`).
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Reset(format!("protocol error: {e}")))?;
