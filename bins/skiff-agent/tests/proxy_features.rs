@@ -682,3 +682,103 @@ fn admin_views_parse() {
         .unwrap();
     assert_eq!(total, 3.0, "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// The clocks of one request, as Envoy keeps them: `%START_TIME%` is when the request arrived
+/// (not when it was logged), the router's clock starts after the filters (an injected delay
+/// counts in `%DURATION%` but not against the route timeout nor in the upstream service time).
+#[test]
+fn request_clocks_start_at_arrival_and_the_router_after_filters() {
+    const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+    let echo = Echo::local("up");
+    let p = Proxy::start(|port, admin| {
+        format!(
+            r#"
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+static_resources:
+  listeners:
+  - name: http
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": "{HCM}"
+          stat_prefix: t
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": "{STDOUT}"
+              log_format: {{ text_format_source: {{ inline_string: "%START_TIME(%s.%3f)%|%DURATION%|%RESPONSE_DURATION%|%RESP(x-envoy-upstream-service-time)%|%RESPONSE_FLAGS%\n" }} }}
+          route_config:
+            virtual_hosts:
+            - {{ name: all, domains: ['*'], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: up, timeout: 2s }} }}] }}
+          http_filters:
+          - name: envoy.filters.http.fault
+            typed_config: {{ "@type": "{FAULT}", delay: {{ fixed_delay: 0.3s, percentage: {{ numerator: 100 }} }}, headers: [{{ name: x-fault, string_match: {{ exact: "yes" }} }}] }}
+          - {{ name: envoy.filters.http.router, typed_config: {{ "@type": "{ROUTER}" }} }}
+  clusters:
+{}
+"#,
+            cluster("up", "ROUND_ROBIN", &[&echo], "")
+        )
+    });
+    let client = Client::http1();
+    let now_secs = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    // (request headers, the log line's fields, the seconds before sending)
+    let mut seen = Vec::new();
+    for (i, headers) in [
+        vec![("x-echo-delay-ms", "200")],
+        vec![("x-echo-delay-ms", "100"), ("x-fault", "yes")],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sent = now_secs();
+        let r = client.get(&p.url("/"), &headers).unwrap();
+        assert_eq!(r.status, 200);
+        // The whole route timeout is advertised: the delay ran before the router's clock.
+        assert_eq!(
+            r.echoed()
+                .unwrap()
+                .headers
+                .get("x-envoy-expected-rq-timeout-ms")
+                .map(String::as_str),
+            Some("2000"),
+            "request {i}"
+        );
+        let line = p.proc.wait_log_lines(i + 1)[i].clone();
+        let f: Vec<&str> = line.split('|').collect();
+        assert_eq!(f.len(), 5, "{line}");
+        seen.push((
+            f[0].parse::<f64>().unwrap(),
+            f[1].parse::<u64>().unwrap(),
+            f[2].parse::<u64>().unwrap(),
+            f[3].parse::<u64>().unwrap(),
+            f[4].to_owned(),
+            sent,
+        ));
+    }
+    let (start, duration, response_duration, service, flags, sent) = seen[0].clone();
+    assert!(
+        start >= sent - 0.05 && start <= sent + 0.15,
+        "start {start}, sent {sent}"
+    );
+    assert!(duration >= 200 && response_duration >= 200, "{:?}", seen[0]);
+    assert!((200..=duration).contains(&service), "{:?}", seen[0]);
+    assert_eq!(flags, "-");
+    // Delayed: the start is still the arrival, the duration holds the delay, the upstream
+    // service time does not.
+    let (start, duration, response_duration, service, flags, sent) = seen[1].clone();
+    assert!(
+        start >= sent - 0.05 && start <= sent + 0.15,
+        "start {start}, sent {sent}"
+    );
+    assert!(duration >= 400 && response_duration >= 400, "{:?}", seen[1]);
+    assert!((100..300).contains(&service), "{:?}", seen[1]);
+    assert_eq!(flags, "DI");
+}

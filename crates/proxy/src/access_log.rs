@@ -148,7 +148,9 @@ pub struct RequestView {
 /// Everything a log line may print about one request or TCP connection.
 #[derive(Clone, Debug)]
 pub struct LogRecord {
-    pub start_time: SystemTime,
+    /// Wall-clock start, `%START_TIME%`. An HTTP request reads the wall clock only when it is
+    /// logged (at its end, less its duration): one clock read fewer per request otherwise.
+    pub start_time: Option<SystemTime>,
     pub duration: Duration,
     pub request: Option<RequestView>,
     pub response_headers: Option<HeaderMap>,
@@ -180,10 +182,10 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
-    /// A record for a connection or request that started now, before anything else is known.
+    /// A record for a connection or request, before anything is known (`start_time` included).
     pub fn new(downstream_local: SocketAddr, downstream_remote: SocketAddr) -> Self {
         LogRecord {
-            start_time: SystemTime::now(),
+            start_time: None,
             duration: Duration::ZERO,
             request: None,
             response_headers: None,
@@ -456,7 +458,10 @@ fn write_op(out: &mut String, op: &Op, r: &LogRecord) {
     let req = r.request.as_ref();
     let req_headers = req.map(|q| &q.headers);
     match op {
-        Op::StartTime(fmt) => write_time(out, r.start_time, fmt.as_deref()),
+        Op::StartTime(fmt) => match r.start_time {
+            Some(t) => write_time(out, t, fmt.as_deref()),
+            None => out.push('-'),
+        },
         Op::Req(sel) => {
             if let Some(v) = select(req_headers, req, sel) {
                 out.push_str(v);
@@ -848,7 +853,7 @@ mod tests {
             "198.18.0.11:80".parse().unwrap(),
             "198.18.0.10:51234".parse().unwrap(),
         );
-        r.start_time = UNIX_EPOCH + Duration::from_millis(1_641_221_996_123);
+        r.start_time = Some(UNIX_EPOCH + Duration::from_millis(1_641_221_996_123));
         r.duration = Duration::from_millis(5);
         let mut headers = HeaderMap::new();
         headers.insert("user-agent", "curl/7.29.0".parse().unwrap());

@@ -239,6 +239,9 @@ impl Finish {
             self.rec.flags.insert(f);
         }
         self.rec.duration = self.started.elapsed();
+        if !self.ctx.hcm.access_logs.is_empty() {
+            self.rec.start_time = SystemTime::now().checked_sub(self.rec.duration);
+        }
         self.rec.bytes_received = self.request_bytes.load(Relaxed);
         if let Some(h) = &self.host {
             h.stats.rq_active.fetch_sub(1, Relaxed);
@@ -984,7 +987,6 @@ fn strip_host_port(authority: &str, method: &Method, mode: StripPort, local_port
 /// Routes and forwards one request; `extra` collects headers for whatever response results.
 async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Extra) -> Response<ResBody> {
     let started = Instant::now();
-    let start_time = SystemTime::now();
     let snap = ctx.worker.snapshot();
     let hcm = ctx.hcm.clone();
     let version = req.version();
@@ -1074,7 +1076,6 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     }
 
     let mut rec = LogRecord::new(ctx.meta.destination, ctx.meta.peer);
-    rec.start_time = start_time;
     rec.protocol = Some(protocol_name(version));
     rec.connection_id = ctx.meta.id;
     rec.requested_server_name = ctx.meta.server_name.clone();
@@ -1308,8 +1309,12 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     };
 
     // The router's clock starts here: time spent in filters (an injected delay) does not
-    // count against the route timeout.
-    let router_started = Instant::now();
+    // count against the route timeout. Without a delay, no time has passed to speak of.
+    let router_started = if rec.flags.contains(ResponseFlags::DI) {
+        Instant::now()
+    } else {
+        started
+    };
 
     // The request hash, only for clusters that use one (Envoy evaluates hash policies inside
     // the hashing load balancers, so a cookie is generated only there).
@@ -1581,7 +1586,9 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         } else {
             parts.headers.clone()
         };
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // One clock read for the attempt: time left, time advertised, upstream service time.
+        let attempt_started = Instant::now();
+        let remaining = deadline.map(|d| d.saturating_duration_since(attempt_started));
         let limit = match (remaining, per_try) {
             (Some(r), Some(p)) => Some(r.min(p)),
             (r, p) => r.or(p),
@@ -1589,7 +1596,9 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         // Envoy's `setTimeoutHeaders`: the per-try timeout (or the route timeout), capped by
         // the route timeout minus the whole milliseconds elapsed since the router started
         // (1 ms when none is left).
-        let elapsed_ms = router_started.elapsed().as_millis() as u64;
+        let elapsed_ms = attempt_started
+            .saturating_duration_since(router_started)
+            .as_millis() as u64;
         let advertised_ms = per_try.or(timeout).map(|e| {
             let e = e.as_millis() as u64;
             match timeout.map(|t| t.as_millis() as u64) {
@@ -1618,7 +1627,6 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
             action,
             upstream_body,
         );
-        let sent_at = Instant::now();
         let send = ctx.worker.pools.send(&cluster, &host, http2, req);
         let outcome = match limit {
             Some(l) => tokio::time::timeout(l, send).await.ok(),
@@ -1754,8 +1762,9 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         drop(retry_slot);
         match result {
             Ok(resp) => {
-                let upstream_ms = sent_at.elapsed().as_millis();
-                rec.response_duration = Some(started.elapsed());
+                let now = Instant::now();
+                let upstream_ms = now.saturating_duration_since(attempt_started).as_millis();
+                rec.response_duration = Some(now.saturating_duration_since(started));
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 rparts.headers.insert(

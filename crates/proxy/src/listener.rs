@@ -204,7 +204,7 @@ async fn handle(worker: Rc<Worker>, name: String, stream: TcpStream, peer: Socke
     let Some(chain) = filter_chain::select(&listener, &info) else {
         debug!(listener = %listener.name, %destination, "no filter chain matches; closing");
         let mut rec = LogRecord::new(destination, peer);
-        rec.start_time = SystemTime::now();
+        rec.start_time = Some(SystemTime::now());
         rec.flags.insert(ResponseFlags::NR);
         rec.connection_termination_details = Some("filter_chain_not_found".into());
         rec.connection_id = id;

@@ -84,6 +84,7 @@ where
 {
     let started = Instant::now();
     let mut rec = LogRecord::new(meta.destination, meta.peer);
+    rec.start_time = Some(std::time::SystemTime::now());
     rec.connection_id = meta.id;
     rec.requested_server_name = meta.server_name.clone();
     rec.downstream_tls_version = meta.tls_version;
