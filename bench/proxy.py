@@ -7,8 +7,8 @@ Everything from a fresh clone:
     python3 bench/proxy.py --rev HEAD      # build a committed revision (git archive) instead of the tree
     python3 bench/proxy.py --skiff PATH    # use an already built skiff-agent
     python3 bench/proxy.py --profile       # also perf-record Skiff under each load and print its hot spots
-    python3 bench/proxy.py --rounds 0 --idle-clusters 0 --targets skiff,hyper-floor --callgrind 20000
-                                           # instructions per request (valgrind), Skiff and the hyper floor
+    python3 bench/proxy.py --rounds 0 --idle-clusters 0 --targets skiff,hyper-floor,haproxy --callgrind 20000
+                                           # instructions per request (valgrind): Skiff, the hyper floor, HAProxy
 
 What it does (see BENCHMARKS.md for the reading of a run):
 
@@ -316,7 +316,7 @@ def start_target(target: str, work: Path, skiff: str, envoy: str, wrap: list[str
         return Proc("nginx-proxy", ["nginx", "-e", str(work / "nginx-proxy.error.log"), "-c",
                                     str(work / "nginx-proxy.conf"), "-p", str(work)], work, PROXY_PORT)
     if target == "haproxy":
-        return Proc("haproxy", ["haproxy", "-db", "-f", str(work / "haproxy.cfg")], work, PROXY_PORT)
+        return Proc("haproxy", wrap + ["haproxy", "-db", "-f", str(work / "haproxy.cfg")], work, PROXY_PORT)
     if target == "hyper-floor":
         floor = str(Path(skiff).parent / "examples" / "hyper_floor")
         return Proc("hyper-floor", wrap + [floor, f"127.0.0.1:{PROXY_PORT}", f"127.0.0.1:{UPSTREAM_H1}"], work,
@@ -487,13 +487,14 @@ def measure_once(port: int, proto: str, proc: Proc | None, upstream: Proc, args,
 
 def count_instructions(args, work: Path, skiff: str, envoy: str) -> str:
     """User-space instructions per proxied request under callgrind: exact where timing on this
-    shared machine is not, so small changes can be compared. Skiff and the hyper floor only."""
+    shared machine is not, so small changes can be compared. Skiff, the hyper floor and HAProxy
+    (nginx and Envoy are not counted)."""
     if not shutil.which("valgrind"):
         return "valgrind not found (apt-get install valgrind); no instruction counts.\n"
     n = args.callgrind
     lines = [f"#### Instructions per request (callgrind, {n} requests after {n // 10} to warm up; "
              "h2load -c32 --h1 / -c8 -m4)", "", "| target | HTTP/1.1 | h2c |", "|---|---:|---:|"]
-    for t in [t for t in args.targets if t in ("skiff", "hyper-floor")]:
+    for t in [t for t in args.targets if t in ("skiff", "hyper-floor", "haproxy")]:
         row = []
         for proto in ("h1", "h2c"):
             if proto not in args.protocols:
@@ -515,7 +516,7 @@ def count_instructions(args, work: Path, skiff: str, envoy: str) -> str:
                           if line.startswith("summary:")), 0)
             row.append(f"{total / n / 1000:.1f}k")
             print(f"callgrind {t} {proto}: {total / n:.0f} instructions/request", file=sys.stderr, flush=True)
-        names = {"skiff": "**Skiff**", "hyper-floor": "hyper floor (no Skiff code)"}
+        names = {"skiff": "**Skiff**", "hyper-floor": "hyper floor (no Skiff code)", "haproxy": "HAProxy"}
         lines.append(f"| {names[t]} | {row[0]} | {row[1]} |")
     return "\n".join(lines) + "\n"
 
@@ -857,7 +858,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="perf-record Skiff under each load afterwards")
     ap.add_argument("--profile-seconds", type=int, default=8)
     ap.add_argument("--callgrind", type=int, default=0, metavar="N",
-                    help="also count instructions per request under callgrind over N requests (Skiff, hyper floor)")
+                    help="also count instructions per request under callgrind over N requests (Skiff, hyper floor, HAProxy)")
     ap.add_argument("--max-foreign", type=float, default=0.25,
                     help="re-measure a run if other processes used more than this many cores during it")
     ap.add_argument("--retries", type=int, default=2, help="re-measurements allowed per run (noisy machine)")
