@@ -22,6 +22,21 @@ const H2_OPTIONS: &str = "type.googleapis.com/envoy.extensions.upstreams.http.v3
 /// A bootstrap with one HTTP listener; `routes` is the YAML of `virtual_hosts`, `clusters` of
 /// `clusters`, `hcm_extra` extra HCM fields. The access log prints `flags|code|upstream`.
 fn http_bootstrap(port: u16, admin: u16, routes: &str, clusters: &str, hcm_extra: &str) -> String {
+    let log = "%RESPONSE_FLAGS%|%RESPONSE_CODE%|%UPSTREAM_HOST%|%BYTES_RECEIVED%|%BYTES_SENT%|%PROTOCOL%";
+    hcm_bootstrap(port, admin, log, routes, "", clusters, hcm_extra)
+}
+
+/// [`http_bootstrap`] with its access-log format and the HTTP filters (YAML list items) that run
+/// before the router.
+fn hcm_bootstrap(
+    port: u16,
+    admin: u16,
+    log: &str,
+    routes: &str,
+    filters: &str,
+    clusters: &str,
+    hcm_extra: &str,
+) -> String {
     format!(
         r#"
 admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
@@ -40,12 +55,14 @@ static_resources:
           - name: envoy.access_loggers.stdout
             typed_config:
               "@type": "{STDOUT}"
-              log_format: {{ text_format_source: {{ inline_string: "%RESPONSE_FLAGS%|%RESPONSE_CODE%|%UPSTREAM_HOST%|%BYTES_RECEIVED%|%BYTES_SENT%|%PROTOCOL%\n" }} }}
+              log_format: {{ text_format_source: {{ inline_string: "{log}\n" }} }}
           route_config:
             name: r
             virtual_hosts:
 {routes}
-          http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": "{ROUTER}" }} }}]
+          http_filters:
+{filters}
+          - {{ name: envoy.filters.http.router, typed_config: {{ "@type": "{ROUTER}" }} }}
   clusters:
 {clusters}
 "#
@@ -691,35 +708,14 @@ fn request_clocks_start_at_arrival_and_the_router_after_filters() {
     const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
     let echo = Echo::local("up");
     let p = Proxy::start(|port, admin| {
-        format!(
-            r#"
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-static_resources:
-  listeners:
-  - name: http
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "{HCM}"
-          stat_prefix: t
-          access_log:
-          - name: envoy.access_loggers.stdout
-            typed_config:
-              "@type": "{STDOUT}"
-              log_format: {{ text_format_source: {{ inline_string: "%START_TIME(%s.%3f)%|%DURATION%|%RESPONSE_DURATION%|%RESP(x-envoy-upstream-service-time)%|%RESPONSE_FLAGS%\n" }} }}
-          route_config:
-            virtual_hosts:
-            - {{ name: all, domains: ['*'], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: up, timeout: 2s }} }}] }}
-          http_filters:
-          - name: envoy.filters.http.fault
-            typed_config: {{ "@type": "{FAULT}", delay: {{ fixed_delay: 0.3s, percentage: {{ numerator: 100 }} }}, headers: [{{ name: x-fault, string_match: {{ exact: "yes" }} }}] }}
-          - {{ name: envoy.filters.http.router, typed_config: {{ "@type": "{ROUTER}" }} }}
-  clusters:
-{}
-"#,
-            cluster("up", "ROUND_ROBIN", &[&echo], "")
+        hcm_bootstrap(
+            port,
+            admin,
+            "%START_TIME(%s.%3f)%|%DURATION%|%RESPONSE_DURATION%|%RESP(x-envoy-upstream-service-time)%|%RESPONSE_FLAGS%",
+            "            - { name: all, domains: ['*'], routes: [{ match: { prefix: / }, route: { cluster: up, timeout: 2s } }] }",
+            &format!("          - {{ name: envoy.filters.http.fault, typed_config: {{ \"@type\": \"{FAULT}\", delay: {{ fixed_delay: 0.3s, percentage: {{ numerator: 100 }} }}, headers: [{{ name: x-fault, string_match: {{ exact: \"yes\" }} }}] }} }}"),
+            &cluster("up", "ROUND_ROBIN", &[&echo], ""),
+            "",
         )
     });
     let client = Client::http1();
