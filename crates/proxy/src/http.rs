@@ -144,20 +144,26 @@ pub async fn serve<S>(
     let io = TokioIo::new(BatchedWrites::new(stream, batching));
     let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
     let header_timeout = hcm.header_timeout();
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(Some(header_timeout))
-        // `max_request_headers_kb` exactly (431 beyond it), whatever the reads' sizes.
-        .max_header_size(max_headers)
-        .max_buf_size(max_headers.max(65536))
-        // Each message leaves in one `send`: hyper copies a small body next to the head rather
-        // than handing both to `writev`, whose trip through the VFS costs the kernel more than
-        // the copy (≈ 0.7 µs of a proxied request's 8; BENCHMARKS.md).
-        .writev(false)
-        .keep_alive(true);
-    let mut h2 = hyper::server::conn::http2::Builder::new(upstream::LocalExec);
-    h2.timer(TokioTimer::new())
-        .max_header_list_size(max_headers as u32);
+    // The settings of hyper's HTTP/1.1 and HTTP/2 builders, whether chosen here or by hyper's
+    // own detection (`auto`, whose builders are other types with the same methods).
+    macro_rules! http1_settings {
+        ($b:expr) => {
+            $b.timer(TokioTimer::new())
+                .header_read_timeout(Some(header_timeout))
+                .max_buf_size(max_headers.max(65536))
+                // Each message leaves in one `send`: hyper copies a small body next to the head
+                // rather than handing both to `writev`, whose trip through the VFS costs the
+                // kernel more than the copy (≈ 0.7 µs of a proxied request's 8; BENCHMARKS.md).
+                .writev(false)
+                .keep_alive(true)
+        };
+    }
+    macro_rules! http2_settings {
+        ($b:expr) => {
+            $b.timer(TokioTimer::new())
+                .max_header_list_size(max_headers as u32)
+        };
+    }
     macro_rules! drive {
         ($conn:expr) => {{
             let conn = $conn;
@@ -187,22 +193,22 @@ pub async fn serve<S>(
                 let ctx = ctx.clone();
                 Box::pin(async move { Ok::<_, Infallible>(handle(ctx, req).await) })
             });
+            let mut h2 = hyper::server::conn::http2::Builder::new(upstream::LocalExec);
+            http2_settings!(h2);
             drive!(h2.serve_connection(io, svc))
         }
-        Some(false) => drive!(h1.serve_connection(io, in_place(ctx))),
+        Some(false) => {
+            let mut h1 = hyper::server::conn::http1::Builder::new();
+            // `max_request_headers_kb` exactly (431 beyond it), whatever the reads' sizes.
+            http1_settings!(h1).max_header_size(max_headers);
+            drive!(h1.serve_connection(io, in_place(ctx)))
+        }
         // Not known (TLS without ALPN, or a client silent past the header timeout): hyper's
         // own detection.
         None => {
             let mut auto = hyper_util::server::conn::auto::Builder::new(upstream::LocalExec);
-            auto.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Some(header_timeout))
-                .max_buf_size(max_headers.max(65536))
-                .writev(false)
-                .keep_alive(true);
-            auto.http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(max_headers as u32);
+            http1_settings!(auto.http1());
+            http2_settings!(auto.http2());
             drive!(auto.serve_connection(io, in_place(ctx)))
         }
     }
@@ -423,30 +429,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes the headers a `Connection` header names (except `te`).
 fn strip_connection_listed(headers: &mut HeaderMap) {
-    let nominated = |v: &HeaderValue| {
-        v.to_str()
-            .unwrap_or("")
-            .split(',')
+    // `keep-alive` is removed with the other hop-by-hop headers anyway; `close` names no header.
+    let names_a_header =
+        |n: &&str| !n.is_empty() && !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close");
+    let nominated = || {
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
             .map(str::trim)
-            // `keep-alive` is removed with the other hop-by-hop headers anyway; `close` names
-            // no header.
-            .any(|n| {
-                !n.is_empty() && !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close")
-            })
+            .filter(names_a_header)
     };
     // The usual values (`keep-alive`, `close`) nominate nothing: no allocation then.
-    if !headers.get_all(http::header::CONNECTION).iter().any(nominated) {
+    if nominated().next().is_none() {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|n| {
-            !n.is_empty() && !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close")
-        })
+    let listed: Vec<HeaderName> = nominated()
         .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
         .collect();
     for n in listed {

@@ -148,6 +148,14 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Runs a new upstream connection on the worker, holding its counts until it closes.
+fn drive(conn: impl std::future::Future + 'static, guard: ConnGuard) {
+    tokio::task::spawn_local(async move {
+        let _guard = guard;
+        let _ = conn.await;
+    });
+}
+
 impl Pools {
     fn pool(&self, key: &PoolKey) -> Rc<HostPool> {
         if let Some(p) = self.pools.borrow().get(key) {
@@ -250,10 +258,7 @@ impl Pools {
             .handshake(TokioIo::new(BatchedWrites::new(stream, Batching::On)))
             .await
             .map_err(|e| UpstreamError::Reset(format!("protocol error: {e}")))?;
-        tokio::task::spawn_local(async move {
-            let _guard = guard;
-            let _ = conn.await;
-        });
+        drive(conn, guard);
         *pool.h2.borrow_mut() = Some((sender.clone(), local));
         Ok((sender, local))
     }
@@ -267,10 +272,7 @@ impl Pools {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Reset(format!("protocol error: {e}")))?;
-        tokio::task::spawn_local(async move {
-            let _guard = guard;
-            let _ = conn.await;
-        });
+        drive(conn, guard);
         Ok(H1Conn {
             sender,
             used: 0,
