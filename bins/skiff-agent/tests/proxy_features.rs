@@ -631,6 +631,93 @@ fn sigterm_drains_in_flight_requests() {
     );
 }
 
+/// Reads an HTTP/2 connection until the peer closes it, acknowledging its PINGs (a graceful
+/// shutdown waits for one), and returns the types of the frames it sent.
+fn h2_frames_until_closed(mut s: TcpStream) -> Vec<u8> {
+    let (mut types, mut got, mut buf) = (Vec::new(), Vec::new(), [0u8; 4096]);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return types,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        while got.len() >= 9 {
+            let len = (usize::from(got[0]) << 16) | (usize::from(got[1]) << 8) | usize::from(got[2]);
+            if got.len() < 9 + len {
+                break;
+            }
+            let frame: Vec<u8> = got.drain(..9 + len).collect();
+            types.push(frame[3]);
+            if frame[3] == 0x6 && frame[4] & 0x1 == 0 {
+                let mut ack = frame.clone();
+                ack[4] = 0x1;
+                let _ = s.write_all(&ack);
+            }
+        }
+    }
+}
+
+#[test]
+fn sigterm_closes_idle_connections_at_once() {
+    let echo = Echo::local("idle");
+    // A drain time longer than `terminate` waits: the proxy exits in time only if the drain
+    // closes the idle connections itself.
+    let (port, admin) = (free_port(), free_port());
+    let bootstrap = http_bootstrap(
+        port,
+        admin,
+        &vhost_all("up"),
+        &cluster("up", "ROUND_ROBIN", &[&echo], ""),
+        "codec_type: AUTO",
+    );
+    let mut p = Proxy {
+        proc: ProxyProc::skiff_draining_for(BIN, &bootstrap, admin, 60),
+        port,
+    };
+    p.proc.wait_ready();
+    // An HTTP/1.1 connection kept alive after one answer, and an HTTP/2 one that has only
+    // exchanged settings: both idle when the drain starts.
+    let mut h1 = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    h1.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    h1.write_all(b"GET / HTTP/1.1\r\nhost: idle\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = loop {
+        let n = h1.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap();
+            if got.len() >= end + 4 + length {
+                break text;
+            }
+        }
+    };
+    assert!(answered.starts_with("http/1.1 200"), "{answered}");
+    let mut h2 = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    h2.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let h2 = std::thread::spawn(move || h2_frames_until_closed(h2));
+    std::thread::sleep(Duration::from_millis(200));
+
+    let status = p
+        .proc
+        .terminate()
+        .expect("still running 10 s after SIGTERM: the drain left idle connections open");
+    assert!(status.success(), "{status}");
+    assert_eq!(h1.read(&mut buf).unwrap(), 0, "HTTP/1.1 connection left open");
+    let frames = h2.join().unwrap();
+    assert!(
+        frames.contains(&0x7),
+        "no GOAWAY before the close: frame types {frames:?}"
+    );
+}
+
 #[test]
 fn admin_views_parse() {
     let echo = Echo::local("admin");

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 /// Istio 1.19–1.24's default access log format (`EnvoyTextLogFormat`).
 pub const ISTIO_DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
@@ -136,13 +136,20 @@ impl ResponseFlags {
 }
 
 /// The request as the router saw it last (after rewrites), for `%REQ(...)%`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RequestView {
     pub method: String,
     pub path: String,
-    pub authority: String,
+    /// (A header value: an HTTP/1 request's unchanged `host` is shared here, not copied.)
+    pub authority: HeaderValue,
     pub scheme: String,
     pub headers: HeaderMap,
+}
+
+impl RequestView {
+    pub fn authority(&self) -> &str {
+        self.authority.to_str().unwrap_or("")
+    }
 }
 
 /// Everything a log line may print about one request or TCP connection.
@@ -432,7 +439,7 @@ fn header<'a>(headers: &'a HeaderMap, req: Option<&'a RequestView>, name: &str) 
         let v = match pseudo {
             "method" => r.method.as_str(),
             "path" => r.path.as_str(),
-            "authority" => r.authority.as_str(),
+            "authority" => r.authority(),
             "scheme" => r.scheme.as_str(),
             _ => "",
         };
@@ -864,7 +871,7 @@ mod tests {
         r.request = Some(RequestView {
             method: "HEAD".into(),
             path: "/".into(),
-            authority: "canary".into(),
+            authority: HeaderValue::from_static("canary"),
             scheme: "http".into(),
             headers,
         });

@@ -3,6 +3,7 @@
 //! streams both bodies, and writes the access log and metrics when the response ends.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -168,13 +169,15 @@ pub async fn serve<S>(
         ($conn:expr) => {{
             let conn = $conn;
             tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = drain.changed() => {
+            let mut closing = false;
+            let _ = std::future::poll_fn(|cx| {
+                if !closing && drain.poll_drained(cx).is_ready() {
+                    closing = true;
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
                 }
-            }
+                conn.as_mut().poll(cx)
+            })
+            .await;
         }};
     }
     // Each request's future polled where hyper keeps it.
@@ -230,7 +233,7 @@ struct Finish {
     ctx: Rc<ConnCtx>,
     rec: LogRecord,
     started: Instant,
-    request_bytes: Arc<AtomicU64>,
+    request_bytes: RequestBytes,
     cluster: Option<Arc<ClusterState>>,
     host: Option<Arc<Host>>,
     _request_slot: Option<crate::cluster::Slot>,
@@ -248,7 +251,7 @@ impl Finish {
         if !self.ctx.hcm.access_logs.is_empty() {
             self.rec.start_time = SystemTime::now().checked_sub(self.rec.duration);
         }
-        self.rec.bytes_received = self.request_bytes.load(Relaxed);
+        self.rec.bytes_received = self.request_bytes.get();
         if let Some(h) = &self.host {
             h.stats.rq_active.fetch_sub(1, Relaxed);
             if (500..600).contains(&self.rec.response_code) || error.is_some() {
@@ -366,6 +369,53 @@ fn protocol_name(v: Version) -> &'static str {
     }
 }
 
+/// The decimal numbers below 1000, written out once: most numbers the proxy puts in headers
+/// (milliseconds of upstream service time, attempt counts, short bodies' lengths) are small,
+/// and `HeaderValue::from(u64)` formats each into a fresh allocation.
+const SMALL_NUMBERS: &str = {
+    const LEN: usize = 10 + 90 * 2 + 900 * 3;
+    const fn digits() -> [u8; LEN] {
+        let mut out = [0u8; LEN];
+        let (mut n, mut at) = (0usize, 0usize);
+        while n < 1000 {
+            if n >= 100 {
+                out[at] = b'0' + (n / 100) as u8;
+                at += 1;
+            }
+            if n >= 10 {
+                out[at] = b'0' + (n / 10 % 10) as u8;
+                at += 1;
+            }
+            out[at] = b'0' + (n % 10) as u8;
+            at += 1;
+            n += 1;
+        }
+        out
+    }
+    const DIGITS: [u8; LEN] = digits();
+    match std::str::from_utf8(&DIGITS) {
+        Ok(s) => s,
+        Err(_) => panic!("digits are ASCII"),
+    }
+};
+
+/// A number as a header value; below 1000 without allocating.
+fn number_value(n: u64) -> HeaderValue {
+    let range = match n {
+        0..10 => n as usize..n as usize + 1,
+        10..100 => {
+            let at = 10 + (n as usize - 10) * 2;
+            at..at + 2
+        }
+        100..1000 => {
+            let at = 190 + (n as usize - 100) * 3;
+            at..at + 3
+        }
+        _ => return HeaderValue::from(n),
+    };
+    HeaderValue::from_static(&SMALL_NUMBERS[range])
+}
+
 /// A fresh random `x-request-id` (UUID v4).
 fn request_id() -> HeaderValue {
     let mut bytes = [0u8; 16];
@@ -406,9 +456,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ];
     let mut present = 0u8;
     for k in headers.keys() {
-        if let Some(i) = HOP.iter().position(|h| *h == k) {
-            present |= 1 << i;
-        }
+        // By length first: most names are no hop-by-hop name's length.
+        let name = k.as_str();
+        let i = match name.len() {
+            10 if name == "connection" => 0,
+            10 if name == "keep-alive" => 1,
+            16 if name == "proxy-connection" => 2,
+            17 if name == "transfer-encoding" => 3,
+            7 if name == "upgrade" => 4,
+            2 if name == "te" => 5,
+            _ => continue,
+        };
+        present |= 1 << i;
     }
     if present == 0 {
         return;
@@ -441,8 +500,13 @@ fn strip_connection_listed(headers: &mut HeaderMap) {
             .map(str::trim)
             .filter(names_a_header)
     };
-    // The usual values (`keep-alive`, `close`) nominate nothing: no allocation then.
-    if nominated().next().is_none() {
+    // The usual values (`keep-alive`, `close`) nominate nothing: compared whole first, as
+    // splitting and trimming costs more than the rest of the stripping.
+    let usual = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    };
+    if headers.get_all(http::header::CONNECTION).iter().all(usual) || nominated().next().is_none() {
         return;
     }
     let listed: Vec<HeaderName> = nominated()
@@ -768,9 +832,30 @@ impl TeeState {
 }
 
 /// Counts request body bytes on their way upstream (and feeds the copy, if any).
+/// The bytes of a request body read so far, shared by the body and the request's record.
+/// A request without a body (most) has nothing to count and allocates no counter.
+#[derive(Clone, Default)]
+struct RequestBytes(Option<Arc<AtomicU64>>);
+
+impl RequestBytes {
+    fn for_body(body: &Incoming) -> RequestBytes {
+        RequestBytes((!body.is_end_stream()).then(|| Arc::new(AtomicU64::new(0))))
+    }
+
+    fn add(&self, n: u64) {
+        if let Some(c) = &self.0 {
+            c.fetch_add(n, Relaxed);
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.0.as_ref().map_or(0, |c| c.load(Relaxed))
+    }
+}
+
 struct CountingBody {
     inner: Incoming,
-    count: Arc<AtomicU64>,
+    count: RequestBytes,
     tee: Option<TeeGuard>,
 }
 
@@ -785,7 +870,7 @@ impl HttpBody for CountingBody {
         match &p {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    self.count.fetch_add(d.len() as u64, Relaxed);
+                    self.count.add(d.len() as u64);
                     if let Some(t) = &self.tee {
                         t.push(d);
                     }
@@ -1048,10 +1133,18 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
 
     // Request-id, forwarding headers and the rest of what the connection manager adds.
     let external = hcm.use_remote_address;
-    if hcm.generate_request_id
-        && (!parts.headers.contains_key(&X_REQUEST_ID) || (external && !hcm.preserve_external_request_id))
-    {
-        parts.headers.insert(X_REQUEST_ID.clone(), request_id());
+    // (Entries, so a header is looked up once whether it is kept or set.)
+    if hcm.generate_request_id {
+        match parts.headers.entry(&X_REQUEST_ID) {
+            http::header::Entry::Occupied(mut e) => {
+                if external && !hcm.preserve_external_request_id {
+                    e.insert(request_id());
+                }
+            }
+            http::header::Entry::Vacant(e) => {
+                e.insert(request_id());
+            }
+        }
     }
     if hcm.use_remote_address && !hcm.skip_xff_append {
         let peer = ctx.meta.peer.ip().to_string();
@@ -1063,10 +1156,15 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
             parts.headers.insert(X_FORWARDED_FOR.clone(), v);
         }
     }
-    if external || !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-        parts
-            .headers
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    match parts.headers.entry(&X_FORWARDED_PROTO) {
+        http::header::Entry::Occupied(mut e) => {
+            if external {
+                e.insert(HeaderValue::from_static(scheme));
+            }
+        }
+        http::header::Entry::Vacant(e) => {
+            e.insert(HeaderValue::from_static(scheme));
+        }
     }
     if let Some(via) = &hcm.via {
         if let Ok(v) = HeaderValue::from_str(via) {
@@ -1079,7 +1177,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     rec.connection_id = ctx.meta.id;
     rec.requested_server_name = ctx.meta.server_name.clone();
     rec.downstream_tls_version = ctx.meta.tls_version;
-    let request_bytes = Arc::new(AtomicU64::new(0));
+    let request_bytes = RequestBytes::for_body(&body);
     let grpc = parts
         .headers
         .get(CONTENT_TYPE)
@@ -1089,11 +1187,16 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
     // skip the copies.
     let logging = !hcm.access_logs.is_empty();
     let view = |headers: &HeaderMap, path: &str, authority: &str| {
+        // The `host` header's own bytes when it went on unchanged.
+        let authority = match &host_header {
+            Some(h) if h.as_bytes() == authority.as_bytes() => h.clone(),
+            _ => HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static("")),
+        };
         if !logging {
             return RequestView {
                 method: String::new(),
                 path: String::new(),
-                authority: authority.to_owned(),
+                authority,
                 scheme: String::new(),
                 headers: HeaderMap::new(),
             };
@@ -1101,7 +1204,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         RequestView {
             method: method.to_string(),
             path: path.to_owned(),
-            authority: authority.to_owned(),
+            authority,
             scheme: scheme.into(),
             headers: headers.clone(),
         }
@@ -1569,7 +1672,11 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
         host.stats.rq_total.fetch_add(1, Relaxed);
         host.stats.rq_active.fetch_add(1, Relaxed);
 
-        let upstream_body = if attempt == 1 {
+        let upstream_body = if body_less {
+            // Nothing to stream or count: no boxed wrapper (the empty body is a boxed ZST).
+            drop(body.take());
+            empty_body()
+        } else if attempt == 1 {
             body.take()
                 .map(|b| b.map_err(|e| Box::new(e) as upstream::BoxError).boxed_unsync())
                 .unwrap_or_else(empty_body)
@@ -1607,10 +1714,10 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
             }
         });
         if let Some(ms) = advertised_ms {
-            headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(ms));
+            headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), number_value(ms));
         }
         if vh.include_request_attempt_count {
-            headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+            headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), number_value(attempt.into()));
         }
         let req = build_upstream_request(
             &method,
@@ -1768,7 +1875,7 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
                 strip_hop_by_hop(&mut rparts.headers);
                 rparts.headers.insert(
                     X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-                    HeaderValue::from(upstream_ms as u64),
+                    number_value(upstream_ms as u64),
                 );
                 mutate(
                     &mut rparts.headers,
@@ -2077,7 +2184,7 @@ fn local_reply(
     ctx: &Rc<ConnCtx>,
     rec: LogRecord,
     started: Instant,
-    request_bytes: Arc<AtomicU64>,
+    request_bytes: RequestBytes,
     reply: LocalReply,
     body: Incoming,
     cluster: Option<Arc<ClusterState>>,
@@ -2090,7 +2197,7 @@ fn local_reply_with(
     ctx: &Rc<ConnCtx>,
     rec: LogRecord,
     started: Instant,
-    request_bytes: Arc<AtomicU64>,
+    request_bytes: RequestBytes,
     reply: LocalReply,
     body: Option<Incoming>,
     cluster: Option<Arc<ClusterState>>,
@@ -2106,7 +2213,7 @@ fn local_reply_at(
     ctx: &Rc<ConnCtx>,
     rec: LogRecord,
     started: Instant,
-    request_bytes: Arc<AtomicU64>,
+    request_bytes: RequestBytes,
     reply: LocalReply,
     body: Incoming,
     cluster: Option<Arc<ClusterState>>,
@@ -2130,7 +2237,7 @@ fn local_reply_full(
     ctx: &Rc<ConnCtx>,
     mut rec: LogRecord,
     started: Instant,
-    request_bytes: Arc<AtomicU64>,
+    request_bytes: RequestBytes,
     reply: LocalReply,
     body: Option<Incoming>,
     cluster: Option<Arc<ClusterState>>,
@@ -2141,7 +2248,7 @@ fn local_reply_full(
     drop(body);
     let mut headers = reply.headers;
     if let Some(b) = &reply.body {
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
+        headers.insert(CONTENT_LENGTH, number_value(b.len() as u64));
         if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
@@ -2178,6 +2285,13 @@ pub type SnapshotRef = Arc<Snapshot>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_in_headers_are_written_as_formatted() {
+        for n in (0..1100).chain([9999, 123_456, u64::MAX]) {
+            assert_eq!(number_value(n), HeaderValue::from(n), "{n}");
+        }
+    }
 
     #[test]
     fn strips_ports_as_envoy() {
@@ -2221,6 +2335,16 @@ mod tests {
         let mut h = headers(&[("content-type", "text/plain"), ("x-a", "1")]);
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), ["content-type", "x-a"], "nothing to strip");
+
+        // Names of a hop-by-hop name's length (it is looked up by length first) are kept.
+        let mut h = headers(&[
+            ("connectiom", "1"),
+            ("keep-alivf", "1"),
+            ("tf", "1"),
+            ("upgradf", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["connectiom", "keep-alivf", "tf", "upgradf"]);
 
         let mut h = headers(&[("connection", "keep-alive"), ("x-a", "1"), ("close", "kept")]);
         strip_hop_by_hop(&mut h);

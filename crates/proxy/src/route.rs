@@ -186,9 +186,18 @@ fn query_matches(q: &QueryMatcher, query: &str) -> bool {
     })
 }
 
+/// The path and the query string. A byte scan: `split_once('?')` sets up a generic char
+/// searcher, which costs more than the whole scan of a short path, and this runs per route.
+fn split_query(path: &str) -> (&str, &str) {
+    match path.bytes().position(|b| b == b'?') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (path, ""),
+    }
+}
+
 /// Whether a route's match accepts the request.
 pub fn route_matches(m: &RouteMatch, req: &RequestHead<'_>) -> bool {
-    let (path_only, query) = req.path.split_once('?').unwrap_or((req.path, ""));
+    let (path_only, query) = split_query(req.path);
     let lowered;
     let (full, path_only) = if m.case_sensitive {
         (req.path, path_only)
@@ -361,6 +370,9 @@ pub fn set_cookie(
 
 /// Applies `prefix_rewrite` / `regex_rewrite` to a path, keeping the query string.
 pub fn rewrite_path(action: &RouteAction, matched: &PathMatch, path: &str) -> Option<String> {
+    if action.prefix_rewrite.is_none() && action.regex_rewrite.is_none() {
+        return None;
+    }
     let (p, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path, None),

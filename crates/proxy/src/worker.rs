@@ -3,11 +3,12 @@
 //! snapshots from the store. Nothing on the data path is shared between workers except
 //! cluster counters.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
@@ -31,7 +32,7 @@ pub struct Worker {
     pub pools: Pools,
     snapshot: RefCell<Arc<Snapshot>>,
     phase: watch::Receiver<Phase>,
-    drain_tx: watch::Sender<bool>,
+    drain: Rc<Drain>,
 }
 
 impl Worker {
@@ -40,9 +41,78 @@ impl Worker {
         self.snapshot.borrow().clone()
     }
 
-    /// Fires when connections should close gracefully.
-    pub fn drain_signal(&self) -> watch::Receiver<bool> {
-        self.drain_tx.subscribe()
+    /// Says when this worker's connections should close gracefully.
+    pub fn drain_signal(&self) -> DrainWatch {
+        DrainWatch {
+            drain: self.drain.clone(),
+            slot: None,
+        }
+    }
+}
+
+/// The graceful-close signal of one worker's connections. A connection checks it on every
+/// poll of its codec, several times per request, so checking is a flag read: a `watch`
+/// receiver re-armed its notification on each poll (≈ 600 instructions per proxied request).
+#[derive(Default)]
+struct Drain {
+    draining: Cell<bool>,
+    /// The task of each live connection, by slot; freed slots are reused.
+    wakers: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl Drain {
+    fn start(&self) {
+        self.draining.set(true);
+        for waker in self.wakers.borrow_mut().iter_mut().filter_map(Option::take) {
+            waker.wake();
+        }
+    }
+}
+
+/// One connection's view of its worker's drain.
+pub struct DrainWatch {
+    drain: Rc<Drain>,
+    slot: Option<usize>,
+}
+
+impl DrainWatch {
+    /// Ready once the worker drains; until then the task polling it is woken when it does.
+    pub fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.drain.draining.get() {
+            return Poll::Ready(());
+        }
+        let mut wakers = self.drain.wakers.borrow_mut();
+        match self.slot.and_then(|i| wakers.get_mut(i)) {
+            Some(Some(w)) if w.will_wake(cx.waker()) => {}
+            Some(entry) => *entry = Some(cx.waker().clone()),
+            None => {
+                let waker = Some(cx.waker().clone());
+                let i = match self.drain.free.borrow_mut().pop() {
+                    Some(i) => {
+                        wakers[i] = waker;
+                        i
+                    }
+                    None => {
+                        wakers.push(waker);
+                        wakers.len() - 1
+                    }
+                };
+                self.slot = Some(i);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for DrainWatch {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            if let Some(entry) = self.drain.wakers.borrow_mut().get_mut(i) {
+                *entry = None;
+            }
+            self.drain.free.borrow_mut().push(i);
+        }
     }
 }
 
@@ -77,13 +147,12 @@ pub fn spawn(n: usize, store: Arc<Store>, phase: watch::Receiver<Phase>) -> Vec<
 }
 
 async fn run(id: usize, mut rx: watch::Receiver<Arc<Snapshot>>, mut phase: watch::Receiver<Phase>) {
-    let (drain_tx, _) = watch::channel(false);
     let worker = Rc::new(Worker {
         id,
         pools: Pools::default(),
         snapshot: RefCell::new(rx.borrow_and_update().clone()),
         phase: phase.clone(),
-        drain_tx,
+        drain: Rc::default(),
     });
     crate::stats::server()
         .workers_started
@@ -109,7 +178,7 @@ async fn run(id: usize, mut rx: watch::Receiver<Arc<Snapshot>>, mut phase: watch
                         for (_, b) in bound.drain() {
                             b.stop.notify_one();
                         }
-                        let _ = worker.drain_tx.send(true);
+                        worker.drain.start();
                     }
                     Phase::Stopped => break,
                 }

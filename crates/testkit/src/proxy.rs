@@ -54,18 +54,25 @@ fn pump(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>
 }
 
 impl ProxyProc {
-    /// Starts Skiff (`bin proxy -c …`) with one worker.
+    /// Starts Skiff (`bin proxy -c …`) with one worker and a 1 s drain time.
     pub fn skiff(bin: &str, bootstrap: &str, admin_port: u16) -> ProxyProc {
+        Self::skiff_draining_for(bin, bootstrap, admin_port, 1)
+    }
+
+    /// [`ProxyProc::skiff`] with another drain time (`--drain-time-s`).
+    pub fn skiff_draining_for(bin: &str, bootstrap: &str, admin_port: u16, drain_time_s: u32) -> ProxyProc {
         let path = write_config(bootstrap);
         let mut cmd = Command::new(bin);
-        cmd.args(["proxy", "-c"]).arg(&path).args([
-            "--concurrency",
-            "1",
-            "--file-flush-interval-msec",
-            "20",
-            "--drain-time-s",
-            "1",
-        ]);
+        cmd.args(["proxy", "-c"])
+            .arg(&path)
+            .args([
+                "--concurrency",
+                "1",
+                "--file-flush-interval-msec",
+                "20",
+                "--drain-time-s",
+            ])
+            .arg(drain_time_s.to_string());
         Self::spawn(Kind::Skiff, cmd, path, admin_port)
     }
 
