@@ -171,11 +171,15 @@ pub async fn serve<S>(
             tokio::pin!(conn);
             let mut closing = false;
             let _ = std::future::poll_fn(|cx| {
-                if !closing && drain.poll_drained(cx).is_ready() {
+                // The connection first: a request already waiting on a connection accepted
+                // just before the drain is read and answered (with `connection: close`).
+                let polled = conn.as_mut().poll(cx);
+                if polled.is_pending() && !closing && drain.poll_drained(cx).is_ready() {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
+                    return conn.as_mut().poll(cx);
                 }
-                conn.as_mut().poll(cx)
+                polled
             })
             .await;
         }};
