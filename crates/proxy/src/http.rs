@@ -460,7 +460,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ];
     let mut present = 0u8;
     for k in headers.keys() {
-        // By length first: most names are no hop-by-hop name's length.
+        // By length first: most names are no hop-by-hop name's length. (Indices into `HOP`.)
         let name = k.as_str();
         let i = match name.len() {
             10 if name == "connection" => 0,
@@ -492,33 +492,48 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes the headers a `Connection` header names (except `te`).
 fn strip_connection_listed(headers: &mut HeaderMap) {
-    // `keep-alive` is removed with the other hop-by-hop headers anyway; `close` names no header.
-    let names_a_header =
-        |n: &&str| !n.is_empty() && !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close");
-    let nominated = || {
-        headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(names_a_header)
-    };
     // The usual values (`keep-alive`, `close`) nominate nothing: compared whole first, as
     // splitting and trimming costs more than the rest of the stripping.
     let usual = |v: &HeaderValue| {
         let v = v.as_bytes();
         v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
     };
-    if headers.get_all(http::header::CONNECTION).iter().all(usual) || nominated().next().is_none() {
+    if headers.get_all(http::header::CONNECTION).iter().all(usual) {
         return;
     }
-    let listed: Vec<HeaderName> = nominated()
+    // `keep-alive` is removed with the other hop-by-hop headers anyway; `close` names no header.
+    let names_a_header =
+        |n: &&str| !n.is_empty() && !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close");
+    let listed: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(names_a_header)
         .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
         .collect();
     for n in listed {
         if n != http::header::TE {
             headers.remove(n);
+        }
+    }
+}
+
+/// Sets a header unless it is present and `keep` says to keep it: one lookup either way.
+fn set_unless_kept(
+    headers: &mut HeaderMap,
+    name: &HeaderName,
+    keep: bool,
+    value: impl FnOnce() -> HeaderValue,
+) {
+    match headers.entry(name) {
+        http::header::Entry::Occupied(_) if keep => {}
+        http::header::Entry::Occupied(mut e) => {
+            e.insert(value());
+        }
+        http::header::Entry::Vacant(e) => {
+            e.insert(value());
         }
     }
 }
@@ -835,7 +850,6 @@ impl TeeState {
     }
 }
 
-/// Counts request body bytes on their way upstream (and feeds the copy, if any).
 /// The bytes of a request body read so far, shared by the body and the request's record.
 /// A request without a body (most) has nothing to count and allocates no counter.
 #[derive(Clone, Default)]
@@ -857,6 +871,7 @@ impl RequestBytes {
     }
 }
 
+/// Counts request body bytes on their way upstream (and feeds the copy, if any).
 struct CountingBody {
     inner: Incoming,
     count: RequestBytes,
@@ -1137,18 +1152,9 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
 
     // Request-id, forwarding headers and the rest of what the connection manager adds.
     let external = hcm.use_remote_address;
-    // (Entries, so a header is looked up once whether it is kept or set.)
     if hcm.generate_request_id {
-        match parts.headers.entry(&X_REQUEST_ID) {
-            http::header::Entry::Occupied(mut e) => {
-                if external && !hcm.preserve_external_request_id {
-                    e.insert(request_id());
-                }
-            }
-            http::header::Entry::Vacant(e) => {
-                e.insert(request_id());
-            }
-        }
+        let keep = !external || hcm.preserve_external_request_id;
+        set_unless_kept(&mut parts.headers, &X_REQUEST_ID, keep, request_id);
     }
     if hcm.use_remote_address && !hcm.skip_xff_append {
         let peer = ctx.meta.peer.ip().to_string();
@@ -1160,16 +1166,9 @@ async fn route_request(ctx: Rc<ConnCtx>, req: Request<Incoming>, extra: &mut Ext
             parts.headers.insert(X_FORWARDED_FOR.clone(), v);
         }
     }
-    match parts.headers.entry(&X_FORWARDED_PROTO) {
-        http::header::Entry::Occupied(mut e) => {
-            if external {
-                e.insert(HeaderValue::from_static(scheme));
-            }
-        }
-        http::header::Entry::Vacant(e) => {
-            e.insert(HeaderValue::from_static(scheme));
-        }
-    }
+    set_unless_kept(&mut parts.headers, &X_FORWARDED_PROTO, !external, || {
+        HeaderValue::from_static(scheme)
+    });
     if let Some(via) = &hcm.via {
         if let Ok(v) = HeaderValue::from_str(via) {
             parts.headers.append(VIA.clone(), v);
